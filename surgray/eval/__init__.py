@@ -1,0 +1,1 @@
+"""Metrics (J, F, J&F, Dice, Challenge IoU) and evaluation reports."""

@@ -1,0 +1,1 @@
+"""Video decode/encode, mask codecs and exports."""

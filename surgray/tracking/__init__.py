@@ -1,0 +1,1 @@
+"""Per-video tracker state, memory policies and the streaming tracker."""

@@ -1,0 +1,1 @@
+"""Memory-bank policies: which frames a tracked object remembers."""

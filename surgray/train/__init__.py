@@ -1,0 +1,1 @@
+"""Losses, prompt simulation and the training loop."""
