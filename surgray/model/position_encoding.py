@@ -30,7 +30,8 @@ class PositionEmbeddingSine(nn.Module):
         self._cache: dict[tuple, torch.Tensor] = {}
 
     def _grid(self, h: int, w: int, device: torch.device) -> torch.Tensor:
-        key = (h, w, str(device))
+        # Inference-mode tensors cannot be used outside inference mode: keep them apart.
+        key = (h, w, str(device), torch.is_inference_mode_enabled())
         if key not in self._cache:
             ys = torch.arange(1, h + 1, dtype=torch.float32, device=device)
             xs = torch.arange(1, w + 1, dtype=torch.float32, device=device)
@@ -44,7 +45,10 @@ class PositionEmbeddingSine(nn.Module):
             enc_y = _interleave_sin_cos(ys[:, None] / freqs)  # [H, half]
             enc_x = _interleave_sin_cos(xs[:, None] / freqs)  # [W, half]
             grid = torch.cat(
-                [enc_y[:, None, :].expand(h, w, self.half), enc_x[None, :, :].expand(h, w, self.half)],
+                [
+                    enc_y[:, None, :].expand(h, w, self.half),
+                    enc_x[None, :, :].expand(h, w, self.half),
+                ],
                 dim=-1,
             )
             self._cache[key] = grid.permute(2, 0, 1).contiguous()

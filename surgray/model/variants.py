@@ -96,7 +96,9 @@ def micro_config(image_size: int = 128) -> ModelConfig:
                 embed_dim=8,
                 num_heads=1,
                 stages=(1, 1, 2, 1),
-                global_att_blocks=(2,),
+                # Block 3, not 2: a block that pools queries (the first of a stage) cannot be
+                # global in the reference Hiera (its window arithmetic divides by zero).
+                global_att_blocks=(3,),
                 window_pos_embed_bkg_spatial_size=(4, 4),
                 window_spec=(8, 4, 4, 2),
             ),
