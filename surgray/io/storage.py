@@ -1,0 +1,122 @@
+"""Local paths and object-store URIs through fsspec, with errors that name the URI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from surgray.io.errors import VideoError
+
+# Reads from object storage come in blocks of this size; small enough that decoding the first
+# frames of a faststart MP4 touches only a fraction of a large object.
+DEFAULT_BLOCK_SIZE = 256 * 1024
+
+
+def split_scheme(uri: str | os.PathLike[str]) -> tuple[str, str]:
+    """Return (scheme, rest); plain paths and file:// URIs have scheme "file"."""
+    text = os.fspath(uri)
+    if "://" not in text:
+        return "file", text
+    scheme, rest = text.split("://", 1)
+    scheme = scheme.lower()
+    if scheme in ("file", "local"):
+        return "file", rest
+    return scheme, rest
+
+
+def is_local(uri: str | os.PathLike[str]) -> bool:
+    return split_scheme(uri)[0] == "file"
+
+
+def local_path(uri: str | os.PathLike[str]) -> Path:
+    scheme, rest = split_scheme(uri)
+    if scheme != "file":
+        raise VideoError(f"{os.fspath(uri)}: not a local path")
+    return Path(rest)
+
+
+def filesystem(
+    uri: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+) -> tuple[Any, str]:
+    """Return (fsspec filesystem, path inside it), or a VideoError for unknown schemes."""
+    import fsspec
+    from fsspec.registry import known_implementations, registry
+
+    text = os.fspath(uri)
+    scheme, _ = split_scheme(text)
+    if scheme != "file" and scheme not in known_implementations and scheme not in registry:
+        raise VideoError(f"{text}: unknown URI scheme {scheme!r} (no fsspec implementation)")
+    try:
+        fs, path = fsspec.core.url_to_fs(text, **(storage_options or {}))
+    except ImportError as exc:
+        raise VideoError(
+            f"{text}: the {scheme!r} filesystem needs a missing package: {exc}"
+        ) from exc
+    except (TypeError, ValueError) as exc:
+        raise VideoError(f"{text}: cannot open filesystem for {scheme!r}: {exc}") from exc
+    return fs, path
+
+
+@contextmanager
+def open_for_read(
+    uri: str | os.PathLike[str],
+    storage_options: dict[str, Any] | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> Iterator[IO[bytes]]:
+    """A seekable binary file object; remote objects are read lazily in `block_size` blocks."""
+    text = os.fspath(uri)
+    if is_local(text):
+        path = local_path(text)
+        if not path.exists():
+            raise VideoError(f"{text}: file not found")
+        with open(path, "rb") as handle:
+            yield handle
+        return
+    fs, path = filesystem(text, storage_options)
+    try:
+        handle = fs.open(path, "rb", block_size=block_size, cache_type="readahead")
+    except FileNotFoundError as exc:
+        raise VideoError(f"{text}: file not found") from exc
+    except OSError as exc:
+        raise VideoError(f"{text}: cannot open: {exc}") from exc
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+@contextmanager
+def local_target(
+    uri: str | os.PathLike[str],
+    storage_options: dict[str, Any] | None = None,
+    suffix: str = "",
+) -> Iterator[Path]:
+    """A local path to write to, moved into place (or uploaded) only when the block succeeds.
+
+    Writers such as the MP4 muxer with faststart must seek back and rewrite their output, which
+    object stores cannot do, hence the local staging file. A failed write leaves nothing behind.
+    """
+    text = os.fspath(uri)
+    if is_local(text):
+        path = local_path(text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial{suffix}")
+        try:
+            yield partial
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return
+    fs, remote = filesystem(text, storage_options)
+    staging = Path(tempfile.mkdtemp(prefix="surgray-io-"))
+    try:
+        tmp = staging / f"out{suffix}"
+        yield tmp
+        fs.put_file(str(tmp), remote)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
