@@ -26,3 +26,11 @@ class MaskDecoderOutput:
     iou_pred: torch.Tensor  # [B, M]
     sam_tokens: torch.Tensor  # [B, M, C] output tokens behind the returned masks
     object_score_logits: torch.Tensor  # [B, 1]
+
+
+@dataclass
+class MemoryEncoderOutput:
+    """A frame's memory: its features fused with the predicted mask, and their position encoding."""
+
+    features: torch.Tensor  # [B, C_mem, h, w]
+    pos_enc: torch.Tensor  # [B, C_mem, h, w] sine encoding of the grid (same for every frame)
