@@ -1,0 +1,312 @@
+"""Which videos to annotate with which prompts: a manifest file, or a listed prefix.
+
+A manifest is CSV, JSONL or Parquet with the columns
+  video_uri  (required) local path or object-store URI; relative paths are read next to the
+             manifest
+  video_id   (optional) a name for the outputs; hashed when privacy hashing is on
+  text       (optional) text expressions: a list, a JSON list or a `;`-separated string
+  prompts    (optional) object prompts in the JSON form of `surgray.annotate.prompts`
+The job-wide `prompts` of the config are added to every video's text expressions.
+
+Bad rows are reported (`ManifestError`: row number and reason) and the others go ahead; a
+manifest without one good row raises `ManifestInvalid`. Row numbers count data rows from 1
+(the CSV header is not a row; in JSONL the row is the line number).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import posixpath
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from surgray.annotate.config import AnnotateConfig
+from surgray.annotate.logsafe import SAFE_VIDEO_ID, log_uri, logger
+from surgray.annotate.prompts import PromptError, VideoPrompts, parse_objects, parse_texts
+from surgray.annotate.provenance import hash_video_id, load_salt
+
+COLUMNS = ("video_uri", "video_id", "text", "prompts")
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True)
+class ManifestError:
+    row: int | None  # None: found when the video was probed, not in a row
+    reason: str
+    video_id: str | None = None
+
+    def __str__(self) -> str:
+        where = f"row {self.row}" if self.row is not None else f"video {self.video_id}"
+        return f"{where}: {self.reason}"
+
+
+class ManifestInvalid(ValueError):
+    """Nothing to annotate: the manifest or prefix is unusable, or no row is valid."""
+
+    def __init__(self, message: str, errors: tuple[ManifestError, ...] = ()):
+        shown = "".join(f"\n  {e}" for e in errors[:10])
+        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
+        super().__init__(message + shown + more)
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    video_uri: str
+    video_id: str
+    prompts: VideoPrompts
+    row: int | None = None  # manifest row, for reports
+
+
+@dataclass(frozen=True)
+class ManifestResult:
+    tasks: tuple[VideoTask, ...]
+    errors: tuple[ManifestError, ...]
+
+
+class VideoIds:
+    """Output names of videos: HMAC of the source name with a salt, or a cleaned-up name."""
+
+    def __init__(self, salt: bytes | None = None, hex_chars: int = 16):
+        self.salt = salt
+        self.hex_chars = hex_chars
+
+    def make(self, uri: str, given: str | None, readable: str) -> str:
+        """`given` (a manifest's video_id) or else `uri` is hashed; unhashed, `given` must be
+        a safe name and `readable` (a stem or relative path) is cleaned into one."""
+        if self.salt is not None:
+            return hash_video_id(given if given is not None else uri, self.salt, self.hex_chars)
+        if given is not None:
+            if not SAFE_VIDEO_ID.match(given):
+                raise PromptError(
+                    f"video_id {given!r} must be 1-200 of letters, digits, '.', '_', '-' "
+                    "and start with a letter or digit"
+                )
+            return given
+        cleaned = _UNSAFE_CHARS.sub("_", readable).lstrip("._-")[:200]
+        return cleaned or "video"
+
+
+def _format(uri: str) -> str:
+    lower = uri.lower()
+    for suffix, kind in (
+        (".csv", "csv"),
+        (".jsonl", "jsonl"),
+        (".ndjson", "jsonl"),
+        (".parquet", "parquet"),
+        (".pq", "parquet"),
+    ):
+        if lower.endswith(suffix):
+            return kind
+    raise ManifestInvalid(f"{uri}: unknown manifest format; use .csv, .jsonl or .parquet")
+
+
+def _read_bytes(uri: str, storage_options: dict[str, Any] | None) -> bytes:
+    from surgray.io.storage import filesystem
+
+    fs, path = filesystem(uri, storage_options)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise ManifestInvalid(f"{uri}: manifest not found") from None
+
+
+def _check_columns(uri: str, names: list[str]) -> None:
+    unknown = [n for n in names if n not in COLUMNS]
+    if unknown:
+        raise ManifestInvalid(f"{uri}: unknown columns {unknown} (known: {', '.join(COLUMNS)})")
+    if "video_uri" not in names:
+        raise ManifestInvalid(f"{uri}: no video_uri column")
+
+
+def _rows(uri: str, payload: bytes) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(row number, row dict or the reason it could not be read)."""
+    kind = _format(uri)
+    if kind == "csv":
+        reader = csv.DictReader(io.StringIO(payload.decode("utf-8-sig")))
+        _check_columns(uri, [n.strip() for n in reader.fieldnames or []])
+        for number, row in enumerate(reader, start=1):
+            if None in row:
+                yield number, "more cells than columns"
+                continue
+            yield number, {k.strip(): (v if v != "" else None) for k, v in row.items()}
+    elif kind == "jsonl":
+        for number, line in enumerate(payload.decode("utf-8-sig").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, f"bad JSON: {exc.msg} at char {exc.pos}"
+                continue
+            if not isinstance(row, dict):
+                yield number, f"expected a JSON object, got {type(row).__name__}"
+                continue
+            unknown = sorted(set(row) - set(COLUMNS))
+            yield number, (f"unknown key {unknown[0]!r}" if unknown else row)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(pa.BufferReader(payload))
+        except pa.ArrowInvalid as exc:
+            raise ManifestInvalid(f"{uri}: not a readable Parquet file: {exc}") from None
+        _check_columns(uri, table.column_names)
+        yield from enumerate(table.to_pylist(), start=1)
+
+
+def _resolve(video_uri: str, manifest_uri: str) -> str:
+    if "://" in video_uri or video_uri.startswith("/"):
+        return video_uri
+    return posixpath.join(posixpath.dirname(manifest_uri), video_uri)
+
+
+def _stem(uri: str) -> str:
+    return posixpath.splitext(posixpath.basename(uri.rstrip("/")))[0]
+
+
+def read_manifest(
+    uri: str | os.PathLike[str],
+    *,
+    storage_options: dict[str, Any] | None = None,
+    global_texts: tuple[str, ...] = (),
+    ids: VideoIds | None = None,
+) -> ManifestResult:
+    """Tasks from the good rows and errors for the bad ones; raises if no row is good."""
+    text_uri = os.fspath(uri)
+    ids = ids or VideoIds()
+    tasks: list[VideoTask] = []
+    errors: list[ManifestError] = []
+    first_row_of: dict[str, int] = {}  # video URI or id -> first row that used it
+    for number, row in _rows(text_uri, _read_bytes(text_uri, storage_options)):
+        if isinstance(row, str):
+            errors.append(ManifestError(number, row))
+            continue
+        try:
+            task = _task(number, row, text_uri, global_texts, ids)
+            for key in (f"uri:{task.video_uri}", f"id:{task.video_id}"):
+                if key in first_row_of:
+                    what = "video" if key.startswith("uri:") else f"video_id {task.video_id}"
+                    raise PromptError(f"duplicate {what} (first in row {first_row_of[key]})")
+        except PromptError as exc:
+            errors.append(ManifestError(number, str(exc)))
+            continue
+        first_row_of.setdefault(f"uri:{task.video_uri}", number)
+        first_row_of.setdefault(f"id:{task.video_id}", number)
+        tasks.append(task)
+    if not tasks:
+        raise ManifestInvalid(f"{text_uri}: no valid rows", tuple(errors))
+    return ManifestResult(tuple(tasks), tuple(errors))
+
+
+def _task(
+    number: int, row: dict[str, Any], manifest: str, global_texts: tuple[str, ...], ids: VideoIds
+) -> VideoTask:
+    raw_uri = row.get("video_uri")
+    if not isinstance(raw_uri, str) or not raw_uri.strip():
+        raise PromptError("missing video_uri")
+    video_uri = _resolve(raw_uri.strip(), manifest)
+    given = row.get("video_id")
+    if isinstance(given, int) and not isinstance(given, bool):
+        given = str(given)  # numeric case numbers in a Parquet column
+    if given is not None and (not isinstance(given, str) or not given.strip()):
+        raise PromptError(f"video_id must be a non-empty string, got {given!r}")
+    prompts = VideoPrompts(parse_texts(row.get("text")), parse_objects(row.get("prompts")))
+    prompts = prompts.with_texts(global_texts)
+    if prompts.empty:
+        raise PromptError("no prompts: give text or prompts here, or prompts in the config")
+    video_id = ids.make(video_uri, given.strip() if given else None, _stem(video_uri))
+    return VideoTask(video_uri, video_id, prompts, number)
+
+
+def list_videos(
+    prefix: str,
+    extensions: tuple[str, ...],
+    *,
+    storage_options: dict[str, Any] | None = None,
+    recursive: bool = True,
+    exclude: tuple[str, ...] = (),
+) -> list[str]:
+    """Sorted URIs of the video files under `prefix` (hidden files and `exclude` left out)."""
+    from surgray.io.storage import filesystem, split_scheme
+
+    fs, root = filesystem(prefix, storage_options)
+    fs.invalidate_cache()
+    scheme = split_scheme(prefix)[0]
+    if recursive:
+        names = fs.find(root)
+    else:
+        names = [e["name"] for e in fs.ls(root, detail=True) if e.get("type") == "file"]
+    skip = tuple(filesystem(p, storage_options)[1].rstrip("/") + "/" for p in exclude)
+    wanted = tuple(ext.lower() for ext in extensions)
+    found = []
+    for name in names:
+        if not name.lower().endswith(wanted) or posixpath.basename(name).startswith("."):
+            continue
+        if name.startswith(skip):
+            continue
+        found.append(name if scheme == "file" else f"{scheme}://{name}")
+    return sorted(found)
+
+
+def load_tasks(
+    config: AnnotateConfig, *, salt: bytes | None = None, environ: dict[str, str] | None = None
+) -> ManifestResult:
+    """The job's tasks from its manifest or prefix, with ids hashed when privacy asks for it."""
+    storage = config.storage_options()
+    privacy = config.privacy
+    if privacy.hash_video_ids and salt is None:
+        salt = load_salt(privacy, environ, storage)
+    ids = VideoIds(salt if privacy.hash_video_ids else None, privacy.id_hex_chars)
+    if config.inputs.manifest is not None:
+        result = read_manifest(
+            config.inputs.manifest, storage_options=storage, global_texts=config.prompts, ids=ids
+        )
+    else:
+        result = _list_tasks(config, storage, ids)
+    for task in result.tasks:
+        log_uri(task.video_id, task.video_uri)
+    for error in result.errors:
+        logger.warning("input rejected: %s", error)
+    logger.info("%d videos to annotate, %d inputs rejected", len(result.tasks), len(result.errors))
+    return result
+
+
+def _list_tasks(config: AnnotateConfig, storage: dict[str, Any], ids: VideoIds) -> ManifestResult:
+    from surgray.io.storage import filesystem
+
+    prefix = config.inputs.prefix or ""
+    uris = list_videos(
+        prefix,
+        config.inputs.extensions,
+        storage_options=storage,
+        recursive=config.inputs.recursive,
+        exclude=(config.output.prefix,),
+    )
+    if not uris:
+        raise ManifestInvalid(
+            f"inputs.prefix: no files with {list(config.inputs.extensions)} found"
+        )
+    root = filesystem(prefix, storage)[1].rstrip("/") + "/"
+    tasks, errors, seen = [], [], {}
+    for uri in uris:
+        relative = filesystem(uri, storage)[1].removeprefix(root)
+        readable = posixpath.splitext(relative)[0].replace("/", "__")
+        video_id = ids.make(uri, None, readable)
+        if video_id in seen:
+            # Only unhashed names can collide ("a/b.mp4" and "a__b.mkv").
+            errors.append(
+                ManifestError(
+                    None, "another video's name cleans up to the same id; rename one", video_id
+                )
+            )
+            continue
+        seen[video_id] = uri
+        tasks.append(VideoTask(uri, video_id, VideoPrompts(texts=config.prompts)))
+    return ManifestResult(tuple(tasks), tuple(errors))

@@ -1,0 +1,347 @@
+"""The job's output layout under one prefix, and how a video becomes complete exactly once.
+
+    <prefix>/masks/video_id=<id>/part-<segment>-<chunk>.parquet   mask rows (RLE)
+    <prefix>/status/video_id=<id>.json                            per-video status record
+    <prefix>/_done/<id>.json                                      completion marker, written last
+    <prefix>/exports/<format>/...                                 DAVIS, SA-V JSON, overlay MP4
+
+A segment's rows go out in chunks of `rows_per_part`, so a writer's memory does not grow with
+video length. Object stores have no rename, so nothing is made visible by renaming: a video
+counts as complete only when its marker exists, carries the provenance the job would record
+now, and lists exactly the parts present with their row counts. A crash at any point leaves a
+video without a valid marker; the rerun deletes what it finds of that video and redoes it,
+so two runs give the same rows, once. Works on local paths and fsspec URIs (s3:// ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from surgray.annotate.logsafe import check_video_id, logger, video_label
+from surgray.annotate.provenance import Provenance
+from surgray.annotate.status import (  # noqa: F401  (re-exported: the job imports them here)
+    EXIT_ALL_FAILED,
+    EXIT_INVALID_CONFIG,
+    EXIT_OK,
+    JobSummary,
+    PartInfo,
+    SegmentResult,
+    VideoStatus,
+    combine_segments,
+    exit_code,
+    summarize,
+)
+from surgray.io.records import MaskRecord
+
+MARKER_FORMAT = 1
+
+
+class OutputLayout:
+    """Where each output of a video lives, and the few store operations the job needs."""
+
+    def __init__(
+        self, prefix: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+    ):
+        self.prefix = os.fspath(prefix).rstrip("/")
+        if not self.prefix:
+            raise ValueError("output prefix is empty")
+        self.storage_options = storage_options
+
+    def masks_dir(self, video_id: str) -> str:
+        return f"{self.prefix}/masks/video_id={check_video_id(video_id)}"
+
+    def part_uri(self, video_id: str, name: str) -> str:
+        return f"{self.masks_dir(video_id)}/{name}"
+
+    def status_uri(self, video_id: str) -> str:
+        return f"{self.prefix}/status/video_id={check_video_id(video_id)}.json"
+
+    def marker_uri(self, video_id: str) -> str:
+        return f"{self.prefix}/_done/{check_video_id(video_id)}.json"
+
+    def export_uri(self, video_id: str, fmt: str) -> str:
+        """DAVIS: the folder of this video's PNGs; SA-V JSON and overlay MP4: one file."""
+        check_video_id(video_id)
+        suffix = {"davis": "", "sav_json": ".json", "overlay_mp4": ".mp4"}
+        if fmt not in suffix:
+            raise ValueError(f"unknown export format {fmt!r}; expected one of {sorted(suffix)}")
+        return f"{self.prefix}/exports/{fmt}/{video_id}{suffix[fmt]}"
+
+    @property
+    def summary_uri(self) -> str:
+        return f"{self.prefix}/_summary.json"
+
+    # Store operations, through fsspec; listings are refreshed since other processes write.
+    def _fs(self, uri: str) -> tuple[Any, str]:
+        from surgray.io.storage import filesystem
+
+        fs, path = filesystem(uri, self.storage_options)
+        fs.invalidate_cache(path)
+        return fs, path
+
+    def put_bytes(self, uri: str, payload: bytes) -> None:
+        from surgray.io.storage import is_local
+
+        fs, path = self._fs(uri)
+        if is_local(uri):  # object stores have no folders (and s3fs would create the bucket)
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe_file(path, payload)
+
+    def read_bytes(self, uri: str) -> bytes | None:
+        fs, path = self._fs(uri)
+        try:
+            return fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+
+    def part_names(self, video_id: str) -> list[str]:
+        fs, path = self._fs(self.masks_dir(video_id))
+        try:
+            listing = fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(n.rsplit("/", 1)[-1] for n in listing if n.endswith(".parquet"))
+
+    def part_rows(self, video_id: str, name: str) -> int:
+        import pyarrow.parquet as pq
+
+        fs, path = self._fs(self.part_uri(video_id, name))
+        with fs.open(path, "rb") as handle:
+            return pq.ParquetFile(handle).metadata.num_rows
+
+    def remove(self, uri: str, recursive: bool = False) -> bool:
+        fs, path = self._fs(uri)
+        try:
+            if not fs.exists(path):
+                return False
+            fs.rm(path, recursive=recursive)
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def part_name(segment_index: int, chunk_index: int) -> str:
+    return f"part-{segment_index:05d}-{chunk_index:05d}.parquet"
+
+
+class SegmentWriter:
+    """Streams one work item's mask records into Parquet parts of at most `rows_per_part` rows.
+
+    `start()` first deletes parts this segment may have left in an earlier attempt; only
+    `close()` returns the parts, so an attempt that fails half way lists none.
+    """
+
+    def __init__(
+        self, layout: OutputLayout, video_id: str, segment_index: int, rows_per_part: int = 50_000
+    ):
+        if rows_per_part < 1:
+            raise ValueError(f"rows_per_part must be >= 1, got {rows_per_part}")
+        self.layout = layout
+        self.video_id = check_video_id(video_id)
+        self.segment_index = segment_index
+        self.rows_per_part = rows_per_part
+        self._buffer: list[MaskRecord] = []
+        self._parts: list[PartInfo] = []
+
+    def start(self) -> SegmentWriter:
+        own = f"part-{self.segment_index:05d}-"
+        for name in self.layout.part_names(self.video_id):
+            if name.startswith(own):
+                self.layout.remove(self.layout.part_uri(self.video_id, name))
+        return self
+
+    def add(self, records: Iterable[MaskRecord]) -> None:
+        for record in records:
+            if record.video_id != self.video_id:
+                raise ValueError(
+                    f"a record of {video_label(record.video_id)} reached the writer of "
+                    f"{video_label(self.video_id)}"
+                )
+            self._buffer.append(record)
+        while len(self._buffer) >= self.rows_per_part:
+            self._flush(self.rows_per_part)
+
+    def _flush(self, count: int) -> None:
+        from surgray.io.exports import write_parquet
+
+        chunk, self._buffer = self._buffer[:count], self._buffer[count:]
+        name = part_name(self.segment_index, len(self._parts))
+        rows = write_parquet(
+            self.layout.part_uri(self.video_id, name),
+            chunk,
+            storage_options=self.layout.storage_options,
+        )
+        self._parts.append(PartInfo(name, rows))
+
+    def close(self) -> tuple[PartInfo, ...]:
+        if self._buffer:
+            self._flush(len(self._buffer))
+        return tuple(self._parts)
+
+
+@dataclass(frozen=True)
+class Marker:
+    video_id: str
+    provenance: Provenance
+    parts: tuple[PartInfo, ...]
+    frames: int
+
+    def to_json(self) -> str:
+        payload = {
+            "format": MARKER_FORMAT,
+            "video_id": self.video_id,
+            "provenance": self.provenance.as_dict(),
+            "parts": [{"name": p.name, "rows": p.rows} for p in self.parts],
+            "frames": self.frames,
+        }
+        return json.dumps(payload, sort_keys=True, indent=1)
+
+    @classmethod
+    def from_json(cls, text: bytes | str) -> Marker:
+        data = json.loads(text)
+        return cls(
+            video_id=str(data["video_id"]),
+            provenance=Provenance.from_dict(data["provenance"]),
+            parts=tuple(PartInfo(str(p["name"]), int(p["rows"])) for p in data["parts"]),
+            frames=int(data["frames"]),
+        )
+
+
+def read_marker(layout: OutputLayout, video_id: str) -> Marker | None:
+    """The video's marker, or None when there is none or it cannot be parsed."""
+    payload = layout.read_bytes(layout.marker_uri(video_id))
+    if payload is None:
+        return None
+    try:
+        return Marker.from_json(payload)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Completion:
+    complete: bool
+    reason: str
+
+
+def check_complete(layout: OutputLayout, video_id: str, provenance: Provenance) -> Completion:
+    marker = read_marker(layout, video_id)
+    if marker is None:
+        return Completion(False, "no valid completion marker")
+    if marker.provenance != provenance:
+        changed = [
+            k for k, v in provenance.as_dict().items() if marker.provenance.as_dict()[k] != v
+        ]
+        return Completion(False, f"made with other {', '.join(changed)}")
+    present = layout.part_names(video_id)
+    listed = {p.name: p.rows for p in marker.parts}
+    if sorted(listed) != present:
+        return Completion(
+            False, f"parts on the store {present} differ from the marker's {sorted(listed)}"
+        )
+    for name, rows in listed.items():
+        try:
+            found = layout.part_rows(video_id, name)
+        except Exception as exc:  # a truncated or foreign file: not complete, whatever the cause
+            return Completion(False, f"part {name} unreadable: {type(exc).__name__}")
+        if found != rows:
+            return Completion(False, f"part {name} has {found} rows, the marker says {rows}")
+    return Completion(True, "complete")
+
+
+def is_complete(layout: OutputLayout, video_id: str, provenance: Provenance) -> bool:
+    return check_complete(layout, video_id, provenance).complete
+
+
+def reset_video(layout: OutputLayout, video_id: str) -> int:
+    """Delete everything of one video (marker first); returns how many entries went."""
+    targets = [
+        (layout.marker_uri(video_id), False),
+        (layout.status_uri(video_id), False),
+        (layout.masks_dir(video_id), True),
+        (layout.export_uri(video_id, "davis"), True),
+        (layout.export_uri(video_id, "sav_json"), False),
+        (layout.export_uri(video_id, "overlay_mp4"), False),
+    ]
+    return sum(layout.remove(uri, recursive) for uri, recursive in targets)
+
+
+@dataclass(frozen=True)
+class RerunPlan:
+    pending: tuple[str, ...]  # reset, to be annotated
+    skipped: tuple[str, ...]  # complete with the same provenance
+
+
+def prepare_rerun(layout: OutputLayout, provenances: Mapping[str, Provenance]) -> RerunPlan:
+    """Skip complete videos; clear whatever an earlier run left of the others."""
+    pending, skipped = [], []
+    for video_id, provenance in provenances.items():
+        state = check_complete(layout, video_id, provenance)
+        if state.complete:
+            logger.info("%s: complete from an earlier run, skipped", video_label(video_id))
+            skipped.append(video_id)
+            continue
+        removed = reset_video(layout, video_id)
+        if removed:
+            logger.info(
+                "%s: %s; removed %d stale entries", video_label(video_id), state.reason, removed
+            )
+        pending.append(video_id)
+    return RerunPlan(tuple(pending), tuple(skipped))
+
+
+def write_status(layout: OutputLayout, status: VideoStatus) -> None:
+    layout.put_bytes(layout.status_uri(status.video_id), status.to_json().encode())
+
+
+def finalize_video(layout: OutputLayout, status: VideoStatus) -> VideoStatus:
+    """Write a video's status, then (if it succeeded) its marker, last.
+
+    Parts of the video not listed by its segments (left by a failed attempt) are deleted
+    first, so the marker describes exactly what is there.
+    """
+    write_status(layout, status)
+    if status.state != "done":
+        logger.info("%s: failed: %s", video_label(status.video_id), status.error)
+        return status
+    if status.provenance is None:
+        raise ValueError(f"{video_label(status.video_id)}: a done video needs its provenance")
+    listed = {p.name for p in status.parts}
+    for name in layout.part_names(status.video_id):
+        if name not in listed:
+            layout.remove(layout.part_uri(status.video_id, name))
+    marker = Marker(status.video_id, status.provenance, status.parts, status.frames)
+    layout.put_bytes(layout.marker_uri(status.video_id), marker.to_json().encode())
+    logger.info(
+        "%s: done, %d frames, %d objects, %.1f fps",
+        video_label(status.video_id),
+        status.frames,
+        status.objects,
+        status.fps,
+    )
+    return status
+
+
+def write_summary(layout: OutputLayout, summary: JobSummary) -> None:
+    layout.put_bytes(layout.summary_uri, json.dumps(summary.as_dict(), indent=1).encode())
+
+
+def read_video_records(layout: OutputLayout, video_id: str) -> list[MaskRecord]:
+    """A complete video's records, from the parts its marker lists (never a stray file)."""
+    from surgray.io.exports import read_parquet
+
+    marker = read_marker(layout, video_id)
+    if marker is None:
+        raise FileNotFoundError(f"{video_label(video_id)} has no completion marker")
+    records: list[MaskRecord] = []
+    for part in marker.parts:
+        records.extend(
+            read_parquet(
+                layout.part_uri(video_id, part.name), storage_options=layout.storage_options
+            )
+        )
+    return records

@@ -1,0 +1,270 @@
+"""Per-video prompts: text expressions, and points / boxes / masks per object at given frames.
+
+The JSON form of object prompts (a manifest's `prompts` cell):
+
+    {"objects": [
+        {"obj_id": 1, "label": "grasper", "frame": 0, "points": [[x, y]], "labels": [1]},
+        {"obj_id": 2, "frame": 5, "box": [x0, y0, x1, y1]},
+        {"obj_id": 3, "frame": 0, "mask_rle": {"size": [h, w], "counts": "..."}}]}
+
+`labels` are 1 (foreground click) or 0 (background click) and default to all 1. Points and a
+box may be combined in one entry (as SAM2 allows); a mask stands alone. Coordinates are pixels
+of the source frame. Parsing raises `PromptError` with a reason fit for a row report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+_OBJECT_KEYS = ("obj_id", "label", "frame", "points", "labels", "box", "mask_rle")
+
+
+class PromptError(ValueError):
+    """A prompt cannot be used; the message says which one and why."""
+
+
+@dataclass(frozen=True)
+class MaskRle:
+    size: tuple[int, int]  # (height, width)
+    counts: str | tuple[int, ...]  # compressed COCO string, or uncompressed runs
+
+    def as_dict(self) -> dict[str, Any]:
+        counts = self.counts if isinstance(self.counts, str) else list(self.counts)
+        return {"size": list(self.size), "counts": counts}
+
+
+@dataclass(frozen=True)
+class ObjectPrompt:
+    """One object's prompt on one frame."""
+
+    obj_id: int
+    frame: int
+    label: str | None = None
+    points: tuple[tuple[float, float], ...] = ()
+    point_labels: tuple[int, ...] = ()
+    box: tuple[float, float, float, float] | None = None
+    mask_rle: MaskRle | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.mask_rle is not None:
+            return "mask"
+        if self.box is not None:
+            return "box+points" if self.points else "box"
+        return "points"
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"obj_id": self.obj_id, "frame": self.frame}
+        if self.label is not None:
+            out["label"] = self.label
+        if self.points:
+            out["points"] = [list(p) for p in self.points]
+            out["labels"] = list(self.point_labels)
+        if self.box is not None:
+            out["box"] = list(self.box)
+        if self.mask_rle is not None:
+            out["mask_rle"] = self.mask_rle.as_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class VideoPrompts:
+    texts: tuple[str, ...] = ()
+    objects: tuple[ObjectPrompt, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.texts and not self.objects
+
+    @property
+    def text_only(self) -> bool:
+        return bool(self.texts) and not self.objects
+
+    def with_texts(self, first: tuple[str, ...]) -> VideoPrompts:
+        """These prompts with `first` (the job-wide expressions) ahead of their own, deduplicated."""
+        return VideoPrompts(tuple(dict.fromkeys((*first, *self.texts))), self.objects)
+
+    def as_dict(self) -> dict[str, Any]:
+        ordered = sorted(self.objects, key=lambda o: (o.obj_id, o.frame))
+        return {"texts": list(self.texts), "objects": [o.as_dict() for o in ordered]}
+
+    def to_json(self) -> str:
+        """Canonical JSON: the same prompts always give the same text (it is hashed)."""
+        return json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> VideoPrompts:
+        data = json.loads(text)
+        return cls(parse_texts(data.get("texts")), parse_objects({"objects": data["objects"]}))
+
+
+def parse_texts(value: Any) -> tuple[str, ...]:
+    """Text expressions from a list, a JSON list, or a `;`-separated string; None gives ()."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            try:
+                value = json.loads(stripped)
+            except json.JSONDecodeError as exc:
+                raise PromptError(f"text: bad JSON list: {exc.msg}") from None
+        else:
+            value = stripped.split(";") if stripped else []
+    if not isinstance(value, (list, tuple)):
+        raise PromptError(
+            f"text: expected a list or a ';'-separated string, got {type(value).__name__}"
+        )
+    texts = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise PromptError(f"text: expression {index} is not a string: {item!r:.40}")
+        if not item.strip():
+            raise PromptError(f"text: expression {index} is empty")
+        texts.append(item.strip())
+    return tuple(dict.fromkeys(texts))
+
+
+def parse_objects(value: Any) -> tuple[ObjectPrompt, ...]:
+    """Object prompts from the JSON form (a string or an already-parsed dict); None gives ()."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return ()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise PromptError(f"prompts: bad JSON: {exc.msg} at char {exc.pos}") from None
+    if not isinstance(value, dict):
+        raise PromptError(f'prompts: expected {{"objects": [...]}}, got {type(value).__name__}')
+    unknown = sorted(set(value) - {"objects"})
+    if unknown:
+        raise PromptError(f"prompts: unknown key {unknown[0]!r} (expected only 'objects')")
+    entries = value.get("objects")
+    if not isinstance(entries, (list, tuple)):
+        raise PromptError("prompts: 'objects' must be a list")
+    objects = tuple(_parse_object(n, entry) for n, entry in enumerate(entries))
+    _check_consistent(objects)
+    return objects
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _numbers(value: Any, count: int | None) -> tuple[float, ...] | None:
+    if not isinstance(value, (list, tuple)) or (count is not None and len(value) != count):
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return None
+    numbers = tuple(float(v) for v in value)
+    return numbers if all(math.isfinite(v) and v >= 0 for v in numbers) else None
+
+
+def _parse_object(index: int, entry: Any) -> ObjectPrompt:
+    where = f"prompts: object {index}"
+    if not isinstance(entry, dict):
+        raise PromptError(f"{where}: expected a JSON object, got {type(entry).__name__}")
+    # Parquet structs give every field to every entry, null where it was not set.
+    entry = {key: value for key, value in entry.items() if value is not None}
+    for key in entry:
+        if key not in _OBJECT_KEYS:
+            raise PromptError(
+                f"{where}: unknown prompt kind {key!r} (use points/labels, box or mask_rle)"
+            )
+    obj_id, frame, label = entry.get("obj_id"), entry.get("frame"), entry.get("label")
+    if not _whole(obj_id) or obj_id < 0:
+        raise PromptError(f"{where}: obj_id must be an integer >= 0, got {obj_id!r}")
+    where = f"prompts: object {index} (obj_id {obj_id})"
+    if not _whole(frame) or frame < 0:
+        raise PromptError(f"{where}: frame must be an integer >= 0, got {frame!r}")
+    if label is not None and (not isinstance(label, str) or not label.strip()):
+        raise PromptError(f"{where}: label must be a non-empty string, got {label!r}")
+    points, point_labels = _parse_points(where, entry)
+    box = None
+    if "box" in entry:
+        box = _numbers(entry["box"], 4)
+        if box is None:
+            raise PromptError(f"{where}: box must be 4 numbers >= 0, got {entry['box']!r:.60}")
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise PromptError(f"{where}: box needs x0 < x1 and y0 < y1, got {list(box)}")
+    mask = _parse_mask(where, entry["mask_rle"]) if "mask_rle" in entry else None
+    if mask is not None and (points or box is not None):
+        raise PromptError(f"{where}: mask_rle cannot be combined with points or box")
+    if mask is None and not points and box is None:
+        raise PromptError(f"{where}: no prompt; give points, box or mask_rle")
+    return ObjectPrompt(
+        obj_id=obj_id,
+        frame=frame,
+        label=label.strip() if label else None,
+        points=points,
+        point_labels=point_labels,
+        box=box,  # type: ignore[arg-type]
+        mask_rle=mask,
+    )
+
+
+def _parse_points(where: str, entry: dict[str, Any]) -> tuple[tuple, tuple[int, ...]]:
+    if "points" not in entry:
+        if "labels" in entry:
+            raise PromptError(f"{where}: labels given without points")
+        return (), ()
+    raw = entry["points"]
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise PromptError(f"{where}: points must be a non-empty list of [x, y]")
+    points = tuple(_numbers(p, 2) for p in raw)
+    if any(p is None for p in points):
+        raise PromptError(f"{where}: every point must be [x, y] with numbers >= 0")
+    labels = entry.get("labels", [1] * len(points))
+    if not isinstance(labels, (list, tuple)) or len(labels) != len(points):
+        raise PromptError(f"{where}: labels must be a list with one 0/1 per point")
+    if any(not _whole(v) or v not in (0, 1) for v in labels):
+        raise PromptError(f"{where}: labels must be 1 (foreground) or 0 (background), got {labels}")
+    return points, tuple(labels)
+
+
+def _parse_mask(where: str, raw: Any) -> MaskRle:
+    from surgray.io.masks import decode_rle
+
+    if not isinstance(raw, dict) or set(raw) != {"size", "counts"}:
+        raise PromptError(f"{where}: mask_rle must be {{'size': [h, w], 'counts': ...}}")
+    size = raw["size"]
+    if not (
+        isinstance(size, (list, tuple))
+        and len(size) == 2
+        and all(_whole(v) and v > 0 for v in size)
+    ):
+        raise PromptError(f"{where}: mask_rle size must be [height, width] > 0, got {size!r}")
+    counts = raw["counts"]
+    if isinstance(counts, (list, tuple)):
+        counts = tuple(counts)
+    elif not isinstance(counts, str):
+        raise PromptError(f"{where}: mask_rle counts must be a string or a list of runs")
+    rle = MaskRle((size[0], size[1]), counts)
+    try:
+        mask = decode_rle([rle.as_dict()])[0]
+    except Exception as exc:  # pycocotools and our codec raise several types on bad counts
+        raise PromptError(f"{where}: mask_rle does not decode: {exc}") from None
+    if not mask.any():
+        raise PromptError(f"{where}: mask_rle has no foreground pixels")
+    return rle
+
+
+def _check_consistent(objects: tuple[ObjectPrompt, ...]) -> None:
+    seen: set[tuple[int, int]] = set()
+    labels: dict[int, str] = {}
+    for obj in objects:
+        if (obj.obj_id, obj.frame) in seen:
+            raise PromptError(
+                f"prompts: obj_id {obj.obj_id} has two prompts at frame {obj.frame}; "
+                "put its points and box in one entry"
+            )
+        seen.add((obj.obj_id, obj.frame))
+        if obj.label is not None:
+            if labels.setdefault(obj.obj_id, obj.label) != obj.label:
+                raise PromptError(
+                    f"prompts: obj_id {obj.obj_id} has two labels "
+                    f"{labels[obj.obj_id]!r} and {obj.label!r}"
+                )
