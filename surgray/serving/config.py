@@ -1,0 +1,218 @@
+"""`ServeConfig`: everything the HTTP segmentation service needs, loadable from YAML.
+
+Two file shapes are accepted:
+- a plain mapping of `ServeConfig` sections, and
+- Ray Serve's own config file (the one `serve deploy` takes: `applications: [{name,
+  import_path, args, deployments}]`), where our sections live under the application's `args`.
+  `serve deploy` hands that `args` dict to the application builder in `serve/app.py`, which
+  calls `ServeConfig.from_args(args)`.
+
+Unknown keys are errors, and error messages name each bad key by its dotted path. Secrets never
+live here: bearer tokens and the session-id key come from environment variables or files, and a
+checkpoint is a URI the server resolves, never something a client names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MIB = 1024 * 1024
+
+
+class ServeConfigError(ValueError):
+    """The serve configuration is invalid; the message names each bad key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _env_name(value: str | None, key: str) -> str | None:
+    if value is not None and not _ENV_NAME.match(value):
+        raise ValueError(f"{key} must be an environment variable name, got {value!r}")
+    return value
+
+
+class ServedModel(_Section):
+    """One model of the server-side registry; clients pick it by `name` only."""
+
+    name: str = Field("default", pattern=MODEL_NAME_PATTERN)
+    variant: str = "tiny"
+    checkpoint: str = Field(min_length=1)  # local path or object-store URI
+    image_size: int = Field(1024, gt=0)
+    policy: str = "recent"
+    policy_options: dict[str, Any] = Field(default_factory=dict)
+    text_encoder: str | None = None  # local folder of CLIP text weights, for text prompts
+    precision: str = "fp32"
+    description: str = ""
+
+
+class SessionsConfig(_Section):
+    """Bounds on the tracking sessions one replica keeps."""
+
+    max_per_replica: int = Field(8, ge=1)
+    idle_timeout_s: float = Field(300.0, gt=0)
+    max_frames: int = Field(108_000, ge=1)  # an hour at 30 fps
+    # Ended session ids remembered so a late request reads 410 (gone) rather than 404.
+    tombstones: int = Field(4096, ge=0)
+    # Environment variable holding the key that signs session ids (shared by all replicas).
+    id_key_env: str | None = "SURGRAY_SESSION_KEY"
+
+    @field_validator("id_key_env")
+    @classmethod
+    def _key_env(cls, value: str | None) -> str | None:
+        return _env_name(value, "sessions.id_key_env")
+
+
+class LimitsConfig(_Section):
+    """Request limits; larger bodies get 413, larger images 413, bad ones 415/422."""
+
+    max_body_bytes: int = Field(16 * MIB, ge=1024)  # one frame, or a session-create JSON body
+    max_image_side: int = Field(4096, ge=16)
+    max_video_bytes: int = Field(256 * MIB, ge=1024)  # POST /v1/segment
+    max_video_frames: int = Field(3000, ge=1)
+    max_objects: int = Field(32, ge=1)  # objects (prompted or text-referred) per session
+
+
+class AuthConfig(_Section):
+    """Bearer tokens from `token_env` (comma-separated) and/or `token_file` (one per line)."""
+
+    token_env: str | None = "SURGRAY_API_TOKENS"
+    token_file: str | None = None
+    # Only for local demos: serve without any authentication.
+    insecure_no_auth: bool = False
+
+    @field_validator("token_env")
+    @classmethod
+    def _token_env(cls, value: str | None) -> str | None:
+        return _env_name(value, "auth.token_env")
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_file(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("auth.token_file must be a path, got an empty string")
+        return value
+
+
+class HttpConfig(_Section):
+    """Where to listen. Under `serve deploy`, Ray's `http_options` decide; keep them equal."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+
+class BatchingConfig(_Section):
+    """Frames of different sessions stepped together through the image encoder."""
+
+    max_batch_size: int = Field(4, ge=1)
+    wait_timeout_s: float = Field(0.005, ge=0)
+
+
+class ServeConfig(_Section):
+    model: ServedModel
+    replicas: int = Field(1, ge=1)
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+
+    def model_registry(self) -> dict[str, ServedModel]:
+        """Model name -> entry; the only way a request chooses a model."""
+        return {self.model.name: self.model}
+
+    @classmethod
+    def from_args(cls, args: Any, *, source: str = "serve args") -> ServeConfig:
+        """Validate the `args` mapping Ray Serve passes to the application builder."""
+        if not isinstance(args, dict):
+            raise ServeConfigError(
+                f"{source}: expected a mapping of sections, got {type(args).__name__}"
+            )
+        try:
+            return cls.model_validate(args)
+        except ValidationError as exc:
+            raise ServeConfigError(_describe(exc, source)) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], *, app_name: str | None = None) -> ServeConfig:
+        """Load a plain ServeConfig YAML, or a Ray Serve config file (the app's `args`)."""
+        import yaml
+
+        text_path = os.fspath(path)
+        try:
+            with open(text_path, encoding="utf-8") as handle:
+                data = yaml.safe_load(handle)
+        except FileNotFoundError:
+            raise ServeConfigError(f"{text_path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise ServeConfigError(f"{text_path}: not valid YAML: {exc}") from None
+        if isinstance(data, dict) and "applications" in data:
+            return cls.from_args(
+                serve_app_args(data, app_name=app_name, source=text_path),
+                source=f"{text_path} (application args)",
+            )
+        return cls.from_args(data, source=text_path)
+
+
+def serve_app_args(
+    serve_config: dict[str, Any], *, app_name: str | None = None, source: str = "serve config"
+) -> dict[str, Any]:
+    """The `args` of one application of a Ray Serve config file (the only one, or `app_name`)."""
+    apps = serve_config.get("applications")
+    if not isinstance(apps, list) or not apps:
+        raise ServeConfigError(f"{source}: 'applications' must be a non-empty list")
+    if app_name is None:
+        if len(apps) != 1:
+            names = [app.get("name") for app in apps if isinstance(app, dict)]
+            raise ServeConfigError(
+                f"{source}: {len(apps)} applications {names}; pass app_name to pick one"
+            )
+        chosen = apps[0]
+    else:
+        matches = [app for app in apps if isinstance(app, dict) and app.get("name") == app_name]
+        if not matches:
+            raise ServeConfigError(f"{source}: no application named {app_name!r}")
+        chosen = matches[0]
+    if not isinstance(chosen, dict) or not isinstance(chosen.get("args"), dict):
+        raise ServeConfigError(f"{source}: the application has no 'args' mapping")
+    return chosen["args"]
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = ServeConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            section = _section_at(loc[:-1])
+            allowed = sorted(section.model_fields) if section else []
+            message = "unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"{_dotted(loc)}: {message}")
+    return f"{source}: invalid serve config:\n  " + "\n  ".join(lines)
