@@ -1,0 +1,315 @@
+"""Frozen CLIP text tower: referring expressions and category names -> token and sentence features.
+
+ReSurgSAM2 feeds CLIP ViT-B/32's text transformer (transformers' `CLIPTextModel`) to CSTMamba:
+every token's final hidden state, and the hidden state at the end-of-text token ("pooled").
+Weights come from a local directory or an object-store URI (never a hub), either in
+transformers' layout (`from_pretrained`) or as an open_clip state dict (`from_open_clip_state_dict`,
+mapped by key names onto the same module, because open_clip itself needs torchvision).
+
+Expressions longer than the model's context (77 tokens for CLIP) are truncated, keeping the
+end-of-text token last, with a `UserWarning` naming the expression; `overflow="error"` makes this
+a `ValueError` instead. Referring expressions are a handful of words, so a longer one is almost
+surely a mistake worth hearing about, but not worth failing a whole video over.
+
+transformers is imported only inside the functions that need it, so `surgray.model` stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+Overflow = Literal["truncate", "error"]
+_TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+
+
+@dataclass
+class TextFeatures:
+    """Features of N texts, padded to the longest one.
+
+    tokens: [N, L, width] final hidden states (zeros at padding); mask: [N, L] True at real tokens
+    (start- and end-of-text included); pooled: [N, width] the state at each end-of-text token;
+    projected: [N, proj] pooled @ CLIP's text projection when the weights carry one, else None.
+    """
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor
+    projected: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    hits: int
+    misses: int
+    size: int
+    capacity: int
+
+
+@dataclass
+class _Encoded:
+    tokens: torch.Tensor  # [L_i, width]
+    pooled: torch.Tensor  # [width]
+    projected: torch.Tensor | None
+
+
+class TextEncoder(nn.Module):
+    """A frozen CLIP text transformer with its tokenizer and an LRU cache per expression."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        projection: nn.Linear | None = None,
+        cache_size: int = 1024,
+        overflow: Overflow = "truncate",
+    ) -> None:
+        super().__init__()
+        if overflow not in ("truncate", "error"):
+            raise ValueError(f"overflow must be 'truncate' or 'error', got {overflow!r}")
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be >= 1, got {cache_size}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.projection = projection
+        self.context_length = int(model.config.max_position_embeddings)
+        self.width = int(model.config.hidden_size)
+        self.overflow = overflow
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, _Encoded] = OrderedDict()
+        self._hits = 0
+        self._misses = 0
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        # Frozen: dropout stays off whatever the surrounding model does.
+        return super().train(False)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(device) / .half(): cached features would keep the old device and dtype.
+        self._cache.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    # ---------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_uri: str | os.PathLike,
+        storage_options: dict | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ) -> TextEncoder:
+        """Load `CLIPTextModel` + `CLIPTokenizer` from a local directory or an fsspec URI.
+
+        The directory holds transformers' files: `config.json` (a CLIPTextConfig or a full
+        CLIPConfig), the weights, and `tokenizer.json` or `vocab.json` + `merges.txt`. A URI is
+        copied once to `cache_dir` (default: a folder under the system temp dir named by the
+        URI's hash). If the weights carry `text_projection.weight` (a full CLIPModel checkpoint),
+        `TextFeatures.projected` is filled too.
+        """
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        local = _localize(str(path_or_uri), storage_options, cache_dir)
+        if not local.is_dir():
+            raise FileNotFoundError(f"text encoder directory {local} does not exist")
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{local} has no config.json: not a transformers CLIP directory"
+            )
+        require_tokenizer_files(local)
+        tokenizer = CLIPTokenizer.from_pretrained(str(local), local_files_only=True)
+        model = CLIPTextModel.from_pretrained(str(local), local_files_only=True)
+        return cls(model, tokenizer, projection=_load_projection(local), **kwargs)
+
+    @classmethod
+    def from_open_clip_state_dict(
+        cls,
+        state_dict: dict[str, torch.Tensor],
+        vocab_path: str | os.PathLike,
+        num_heads: int | None = None,
+        activation: Literal["quick_gelu", "gelu"] = "quick_gelu",
+        **kwargs: Any,
+    ) -> TextEncoder:
+        """Map an open_clip CLIP text tower onto transformers' `CLIPTextModel`.
+
+        state_dict: open_clip keys (`token_embedding.weight`, `positional_embedding`,
+        `transformer.resblocks.N.attn.in_proj_weight`, `ln_final.*`, `text_projection`, ...),
+        optionally under `text.`; vision keys and `logit_scale` are ignored. vocab_path: a
+        directory with `vocab.json` + `merges.txt` (or `tokenizer.json`), or open_clip's
+        `bpe_simple_vocab_16e6.txt.gz`. num_heads defaults to open_clip's width // 64.
+        activation: "quick_gelu" for OpenAI-trained towers, "gelu" for most others.
+        """
+        from surgray.model.open_clip_text import build_clip_text_model, tokenizer_from_vocab
+
+        tokenizer = tokenizer_from_vocab(Path(vocab_path))
+        model, projection = build_clip_text_model(
+            state_dict,
+            num_heads=num_heads,
+            activation=activation,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            vocab_size=len(tokenizer),
+        )
+        return cls(model, tokenizer, projection=projection, **kwargs)
+
+    # ---------------------------------------------------------------- encoding
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> TextFeatures:
+        """Encode N texts; repeated expressions come from the cache."""
+        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+            raise TypeError("texts must be a list of strings")
+        if not texts:
+            raise ValueError("texts is empty: give at least one expression")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+            if not text.strip():
+                raise ValueError(f"texts[{i}] is empty: a referring expression needs words")
+        found: dict[str, _Encoded] = {}
+        for text in dict.fromkeys(texts):
+            if text in self._cache:
+                found[text] = self._cache[text]
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        self._misses += len(missing)
+        self._hits += len(texts) - len(missing)
+        if missing:
+            for text, encoded in zip(missing, self._run(missing)):
+                found[text] = encoded
+                self._remember(text, encoded)
+        for text in texts:  # least recently used = the one whose last use is oldest
+            if text in self._cache:
+                self._cache.move_to_end(text)
+        entries = [found[t] for t in texts]
+        return _pad(entries)
+
+    def cache_info(self) -> CacheInfo:
+        return CacheInfo(self._hits, self._misses, len(self._cache), self.cache_size)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+        self._hits = self._misses = 0
+
+    def _run(self, texts: list[str]) -> list[_Encoded]:
+        device = next(self.model.parameters()).device
+        full = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        for text, ids in zip(texts, full):
+            if len(ids) > self.context_length:
+                message = (
+                    f"text {text!r} has {len(ids)} tokens, more than the text encoder's context "
+                    f"of {self.context_length}"
+                )
+                if self.overflow == "error":
+                    raise ValueError(message)
+                warnings.warn(message + "; truncated", UserWarning, stacklevel=3)
+        batch = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.context_length,
+            return_tensors="pt",
+        ).to(device)
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden = out.last_hidden_state
+        lengths = batch["attention_mask"].sum(-1).tolist()
+        encoded = []
+        for i, n in enumerate(lengths):
+            # The tokenizer ends every (truncated or not) sequence with end-of-text.
+            pooled = hidden[i, n - 1]
+            projected = self.projection(pooled) if self.projection is not None else None
+            encoded.append(_Encoded(hidden[i, :n].clone(), pooled.clone(), projected))
+        return encoded
+
+    def _remember(self, text: str, encoded: _Encoded) -> None:
+        self._cache[text] = encoded
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+
+def _pad(entries: list[_Encoded]) -> TextFeatures:
+    longest = max(e.tokens.shape[0] for e in entries)
+    width = entries[0].tokens.shape[1]
+    ref = entries[0].tokens
+    tokens = ref.new_zeros(len(entries), longest, width)
+    mask = torch.zeros(len(entries), longest, dtype=torch.bool, device=ref.device)
+    for i, e in enumerate(entries):
+        tokens[i, : e.tokens.shape[0]] = e.tokens
+        mask[i, : e.tokens.shape[0]] = True
+    pooled = torch.stack([e.pooled for e in entries])
+    projected = None
+    if entries[0].projected is not None:
+        projected = torch.stack([e.projected for e in entries])
+    return TextFeatures(tokens=tokens, mask=mask, pooled=pooled, projected=projected)
+
+
+# -------------------------------------------------------------------- files
+
+
+def _localize(path_or_uri: str, storage_options: dict | None, cache_dir) -> Path:
+    """A local directory for `path_or_uri`, copying it from object storage when needed."""
+    if "://" not in path_or_uri or path_or_uri.startswith("file://"):
+        return Path(path_or_uri.removeprefix("file://"))
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path_or_uri, **(storage_options or {}))
+    digest = hashlib.sha256(path_or_uri.encode()).hexdigest()[:16]
+    base = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir())
+    target = base / f"surgray-text-encoder-{digest}"
+    if target.is_dir():
+        return target
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"{path_or_uri} is not a directory in object storage")
+    # Download beside the target and rename: concurrent loaders (several actors on one node)
+    # never see a half-copied directory.
+    base.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=base))
+    try:
+        for remote in fs.find(root):
+            dest = partial / remote[len(root.rstrip("/")) + 1 :]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(remote, str(dest))
+        os.replace(partial, target)
+    except OSError:
+        if not target.is_dir():  # not a lost race with another loader
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def require_tokenizer_files(directory: Path) -> None:
+    for names in _TOKENIZER_FILE_SETS:
+        if all((directory / n).is_file() for n in names):
+            return
+    raise FileNotFoundError(
+        f"{directory} has no tokenizer files: expected tokenizer.json, or vocab.json and merges.txt"
+    )
+
+
+def _load_projection(directory: Path) -> nn.Linear | None:
+    """CLIP's text projection from a full-CLIPModel safetensors file, when it holds one."""
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        if "text_projection.weight" not in f.keys():
+            return None
+        weight = f.get_tensor("text_projection.weight")
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+    return layer
