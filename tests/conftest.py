@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -14,6 +16,10 @@ import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Tests import shared helpers (sam2_reference) as top-level modules.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def _free_port() -> int:
@@ -92,3 +98,37 @@ def s3_server():
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    address: str  # GCS address, for RAY_ADDRESS of a separate driver process
+    temp_dir: str
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():  # another module's copy of this fixture started it
+        context = ray.get_runtime_context()
+        yield RayCluster(context.gcs_address, "")
+        return
+    temp_dir = tempfile.mkdtemp(prefix="sgray", dir="/tmp")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        object_store_memory=200 * 1024**2,
+        ignore_reinit_error=True,
+        logging_level="WARNING",
+        log_to_driver=False,
+        # Workers import this checkout's packages (surgray, serve, jobs) whatever their cwd.
+        runtime_env={"env_vars": {"PYTHONPATH": _REPO}},
+    )
+    try:
+        yield RayCluster(ray.get_runtime_context().gcs_address, temp_dir)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)

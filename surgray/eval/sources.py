@@ -102,7 +102,9 @@ class ParquetPredictions:
         missing = [c for c in PARQUET_COLUMNS if c not in schema.names]
         if missing:
             raise EvalInputError(f"{self.path}: Parquet predictions lack columns {missing}")
-        table = pq.read_table(self.path, columns=list(PARQUET_COLUMNS))
+        # partitioning=None: the annotate job writes hive-style video_id=<id> folders and
+        # also a video_id column; reading the folder names as a partition would clash.
+        table = pq.read_table(self.path, columns=list(PARQUET_COLUMNS), partitioning=None)
         self._rows: dict[str, dict[int, list[tuple[int, object, tuple[int, int]]]]] = {}
         columns = {name: table.column(name).to_pylist() for name in PARQUET_COLUMNS}
         for video, frame, obj, counts, size in zip(*(columns[c] for c in PARQUET_COLUMNS)):

@@ -1,0 +1,185 @@
+"""`SegmentAnnotator`: the callable class of the annotation job's actor pool.
+
+It loads the model once (checkpoint through fsspec), then takes work items in batches of K
+(`batching.videos_per_step`) and tracks the K videos together: each round reads the next
+frame of every video still running and steps them all with one `Tracker.step_many` call (one
+batched image-encoder forward). A video that fails (unreadable, corrupt mid-way, a prompt that
+does not fit) drops out with an error result; the others go on.
+
+Ray-free: Ray Data constructs it with `fn_constructor_kwargs` and calls it with a pyarrow
+Table of work rows, but it works the same when called directly (tests, `annotate_rows`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from surgray.annotate.config import AnnotateConfig
+from surgray.annotate.logsafe import logger, video_label
+from surgray.annotate.outputs import OutputLayout, SegmentResult
+from surgray.annotate.rows import results_table
+from surgray.annotate.session import RunContext, VideoRun
+
+_AUTOCAST = {"fp32": None, "float32": None, "bf16": "bfloat16", "bfloat16": "bfloat16",
+             "fp16": "float16", "float16": "float16"}  # fmt: skip
+
+
+def _torch_threads(config: AnnotateConfig) -> int:
+    if config.actors.torch_threads is not None:
+        return config.actors.torch_threads
+    # Ray sets OMP_NUM_THREADS from num_cpus, but a reused worker keeps the thread count of
+    # its first task, so the count is set explicitly (research/dependencies.md §2).
+    return max(1, int(config.actors.num_cpus))
+
+
+class SegmentAnnotator:
+    """Tracks work items; `__call__(batch) -> results` (see the module docstring).
+
+    postprocess: the tracker's `PostprocessConfig` fields (the evaluation job sets
+    `non_overlap_masks`); device: "cuda" when the actor has a GPU, else "cpu" by default.
+    """
+
+    def __init__(
+        self,
+        config: AnnotateConfig,
+        *,
+        postprocess: Mapping[str, Any] | None = None,
+        device: str | None = None,
+    ) -> None:
+        import torch
+
+        from surgray.annotate.hooks import load_skip_hook
+        from surgray.model.checkpoint import build_model
+        from surgray.tracking.tracker import Tracker
+
+        logging.getLogger("surgray").setLevel(logging.INFO)
+        self.config = config
+        torch.set_num_threads(_torch_threads(config))
+        if device is None:
+            device = "cuda" if config.actors.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        precision = config.model.precision.lower()
+        if precision not in _AUTOCAST:
+            raise ValueError(
+                f"model.precision {config.model.precision!r}: use one of {sorted(_AUTOCAST)}"
+            )
+        autocast = _AUTOCAST[precision]
+        storage = config.storage_options()
+        model = build_model(
+            config.model.variant,
+            checkpoint=config.model.checkpoint,
+            device=device,
+            image_size=config.model.image_size,
+            storage_options=storage,
+        )
+        tracker = Tracker(
+            model,
+            {"name": config.model.policy, **config.model.policy_options},
+            postprocess=dict(postprocess or {}),
+            autocast_dtype=getattr(torch, autocast) if autocast else None,
+        )
+        self.context = RunContext(
+            tracker=tracker,
+            layout=OutputLayout(config.output.prefix, storage),
+            storage_options=storage,
+            stride=config.frames.stride,
+            target_fps=config.frames.target_fps,
+            skip_hook=load_skip_hook(config.frames.skip_hook),
+            rows_per_part=config.output.rows_per_part,
+        )
+        logger.info("annotator ready in process %d on %s", os.getpid(), device)
+
+    def __call__(self, batch: Any) -> Any:
+        """A pyarrow Table (or list of row dicts) of work rows -> a Table of result rows."""
+        rows = batch.to_pylist() if hasattr(batch, "to_pylist") else list(batch)
+        return results_table(self.annotate_rows(rows))
+
+    def annotate_rows(self, rows: Iterable[Mapping[str, Any]]) -> list[SegmentResult]:
+        """Track the work items of `rows` together; one result per row, in row order."""
+        runs: list[VideoRun] = []
+        results: dict[int, SegmentResult] = {}
+        for position, row in enumerate(rows):
+            run = VideoRun.from_row(dict(row), self.context)
+            runs.append(run)
+            try:
+                run.open()
+            except Exception as exc:  # one bad video must not stop the others
+                results[position] = run.fail(exc)
+        active = [p for p in range(len(runs)) if p not in results]
+        while active:
+            frames, still = [], []
+            for position in active:
+                run = runs[position]
+                try:
+                    frame = run.next_frame()
+                except Exception as exc:
+                    results[position] = run.fail(exc)
+                    continue
+                if frame is None:
+                    results[position] = self._finish(run)
+                    continue
+                frames.append(frame)
+                still.append(position)
+            self._step([runs[p] for p in still], frames, still, results)
+            active = [p for p in still if p not in results]
+        return [results[p] for p in range(len(runs))]
+
+    def _finish(self, run: VideoRun) -> SegmentResult:
+        try:
+            result = run.finish()
+        except Exception as exc:
+            return run.fail(exc)
+        logger.info(
+            "%s segment %d: %d frames in %.1f s",
+            video_label(run.item.video_id),
+            run.item.segment_index,
+            result.frames,
+            result.wall_s,
+        )
+        return result
+
+    def _step(
+        self,
+        runs: list[VideoRun],
+        frames: list[Any],
+        positions: list[int],
+        results: dict[int, SegmentResult],
+    ) -> None:
+        """One frame of each run: prompts queued, one batched step, rows written."""
+        tracker = self.context.tracker
+        ready: list[tuple[int, VideoRun, Any, Any]] = []
+        for position, run, frame in zip(positions, runs, frames):
+            try:
+                ready.append((position, run, frame, run.prepare(frame)))
+            except Exception as exc:
+                results[position] = run.fail(exc)
+        if not ready:
+            return
+        before = [state.frames_stepped for _, _, _, state in ready]
+        try:
+            outputs = tracker.step_many(
+                [state for *_, state in ready], [frame.image for _, _, frame, _ in ready]
+            )
+        except Exception as exc:
+            advanced = any(s.frames_stepped != b for (*_, s), b in zip(ready, before))
+            if advanced or len(ready) == 1:
+                for position, run, _, _ in ready:
+                    results[position] = run.fail(exc)
+                return
+            # step_many checks every frame before running any: find the culprit alone.
+            outputs = []
+            for position, run, frame, state in ready:
+                try:
+                    outputs.append(tracker.step(state, frame.image))
+                except Exception as single:
+                    results[position] = run.fail(single)
+                    outputs.append(None)
+        for (position, run, frame, _), output in zip(ready, outputs):
+            if output is None or position in results:
+                continue
+            try:
+                run.record(frame, output)
+            except Exception as exc:
+                results[position] = run.fail(exc)
