@@ -1,0 +1,378 @@
+"""`TrackerBackend`: the serving contract (`backend.ServingBackend`) over the streaming `Tracker`.
+
+One `TrackerSession` per HTTP session. The frame size is only known when the first frame
+arrives, so prompts given before it wait in the session (checked as far as they can be: ids,
+masks' own sizes) and go to the tracker, for frame 0, together with that frame. After that a
+prompt names the frame processed last (a correction, run at once on its cached features) or
+the next frame (the default; consumed when that frame is stepped). Frames of all sessions go
+through one `MicroBatcher`, so concurrent sessions share `Tracker.step_many` calls (one
+batched image-encoder pass).
+
+Client mistakes are 422s that name what is wrong and leave the session usable:
+`frame_size_mismatch`, `invalid_prompt`, `invalid_frame_index`, `unknown_object` (an id the
+session does not track, given only background clicks, which cannot start an object), and
+`text_prompts_unavailable` while the deployed model has no text encoder / referring fusion.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from surgray.serving.backend import SessionSummary, TrackedFrame, TrackedObject
+from surgray.serving.batching import MicroBatcher
+from surgray.serving.config import ServeConfig
+from surgray.serving.errors import Unprocessable
+from surgray.serving.model_loading import LoadedModel, load_served_model
+from surgray.serving.schemas import (
+    CreateSessionRequest,
+    ModelInfo,
+    PromptObject,
+    PromptsRequest,
+    SegmentRequest,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class TextPromptsUnavailable(Unprocessable):
+    code = "text_prompts_unavailable"
+
+
+class InvalidPrompt(Unprocessable):
+    code = "invalid_prompt"
+
+
+class UnknownObject(Unprocessable):
+    code = "unknown_object"
+
+
+class InvalidFrameIndex(Unprocessable):
+    code = "invalid_frame_index"
+
+
+class FrameSizeMismatch(Unprocessable):
+    code = "frame_size_mismatch"
+
+
+@dataclass(frozen=True)
+class CheckedPrompt:
+    """One object's prompt, decoded; `frame_idx` None means the session's first frame."""
+
+    obj_id: int
+    label: str | None
+    frame_idx: int | None
+    points: np.ndarray | None = None  # [P, 2] (x, y) pixels
+    point_labels: np.ndarray | None = None  # [P] 1 / 0
+    box: tuple[float, float, float, float] | None = None
+    mask: np.ndarray | None = None  # [H, W] bool
+
+
+@dataclass(eq=False)
+class TrackerSession:
+    session_id: str
+    model: str
+    video: Any = None  # surgray.tracking.state.VideoState, from the first frame on
+    waiting: dict[int, CheckedPrompt] = field(default_factory=dict)  # before the first frame
+    closed: bool = False
+
+    @property
+    def obj_ids(self) -> list[int]:
+        ids = list(self.video.obj_ids) if self.video is not None else []
+        return ids + [obj_id for obj_id in self.waiting if obj_id not in ids]
+
+    def mask_size(self) -> tuple[int, int] | None:
+        """The frame size the waiting mask prompts imply (they all share it)."""
+        for prompt in self.waiting.values():
+            if prompt.mask is not None:
+                return prompt.mask.shape
+        return None
+
+
+def _sigmoid(logit: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(min(logit, 60.0), -60.0)))
+
+
+def _has_foreground(obj: PromptObject) -> bool:
+    return obj.box is not None or obj.mask is not None or 1 in obj.point_labels
+
+
+class TrackerBackend:
+    """Sessions over one loaded model; frames of concurrent sessions are stepped together."""
+
+    def __init__(
+        self, loaded: LoadedModel, *, max_batch_size: int = 4, wait_timeout_s: float = 0.005
+    ):
+        self.loaded = loaded
+        self.tracker = loaded.tracker
+        self.batcher: MicroBatcher[tuple[Any, np.ndarray], Any] = MicroBatcher(
+            self._step_batch,
+            max_batch_size=max_batch_size,
+            wait_timeout_s=wait_timeout_s,
+            name=f"frames-{loaded.served.name}",
+        )
+
+    @classmethod
+    def from_config(cls, config: ServeConfig, *, device: str | None = None) -> TrackerBackend:
+        loaded = load_served_model(config.model, device=device)
+        return cls(
+            loaded,
+            max_batch_size=config.batching.max_batch_size,
+            wait_timeout_s=config.batching.wait_timeout_s,
+        )
+
+    # -- registry -------------------------------------------------------------------------------
+    @property
+    def text_prompts(self) -> bool:
+        # The referring pipeline (text encoder + fusion + CIFS) is not wired in yet.
+        return False
+
+    def models(self) -> list[ModelInfo]:
+        return [self.loaded.info(text_prompts=self.text_prompts)]
+
+    def _refuse_text(self, expressions: list[str]) -> None:
+        if expressions and not self.text_prompts:
+            name = self.loaded.served.name
+            raise TextPromptsUnavailable(
+                f"model {name!r} has no text encoder and referring fusion deployed, so text "
+                f"expressions ({len(expressions)} given) cannot be tracked on this server; "
+                "prompt objects with points, a box or a mask instead"
+            )
+
+    # -- sessions -------------------------------------------------------------------------------
+    def open_session(self, session_id: str, request: CreateSessionRequest) -> TrackerSession:
+        self._refuse_text(request.expressions)
+        session = TrackerSession(session_id, request.model or self.loaded.served.name)
+        for prompt in self._check_prompts(session, request.objects):
+            session.waiting[prompt.obj_id] = prompt
+        return session
+
+    def describe(self, state: TrackerSession) -> SessionSummary:
+        return SessionSummary(model=state.model, expressions=[], obj_ids=state.obj_ids)
+
+    def close_session(self, state: TrackerSession) -> None:
+        if state.video is not None:
+            self.tracker.close(state.video)
+        state.waiting.clear()
+        state.closed = True
+
+    def close(self) -> None:
+        """Stop the frame batcher (replica shutdown)."""
+        self.batcher.close()
+
+    def add_prompts(self, state: TrackerSession, request: PromptsRequest) -> None:
+        self._refuse_text(request.expressions)
+        prompts = self._check_prompts(state, request.objects)
+        if state.video is None:
+            for prompt in prompts:
+                state.waiting[prompt.obj_id] = prompt
+            return
+        for prompt in prompts:
+            self._apply(state.video, prompt)
+
+    # -- frames ---------------------------------------------------------------------------------
+    def track_frame(self, state: TrackerSession, image: np.ndarray) -> TrackedFrame:
+        height, width = image.shape[:2]
+        if state.video is None:
+            return self._first_frame(state, image)
+        expected = tuple(state.video.frame_size)
+        if (height, width) != expected:
+            raise FrameSizeMismatch(
+                f"the frame is {width}x{height} (width x height) but this session's frames are "
+                f"{expected[1]}x{expected[0]}; send every frame of a session at one size"
+            )
+        result = self.batcher.submit((state.video, image))
+        return self._tracked(result, height, width)
+
+    def _first_frame(self, state: TrackerSession, image: np.ndarray) -> TrackedFrame:
+        height, width = image.shape[:2]
+        implied = state.mask_size()
+        if implied is not None and implied != (height, width):
+            raise FrameSizeMismatch(
+                f"the frame is {width}x{height} (width x height) but this session's mask "
+                f"prompts are {implied[1]}x{implied[0]}; send frames of the masks' size"
+            )
+        problems = {
+            obj_id: problem
+            for obj_id, prompt in state.waiting.items()
+            if (problem := self._frame_problem(prompt, (height, width))) is not None
+        }
+        if problems:
+            for obj_id in problems:
+                del state.waiting[obj_id]
+            detail = "; ".join(f"object {obj_id}: {text}" for obj_id, text in problems.items())
+            raise InvalidPrompt(
+                f"prompts do not fit the first frame ({width}x{height}): {detail}. Those "
+                "objects were dropped and the frame was not tracked: send it again, and the "
+                "objects, corrected, with POST .../prompts"
+            )
+        video = self.tracker.start(state.session_id, (height, width))
+        try:
+            for prompt in state.waiting.values():
+                self._apply(video, prompt)
+            result = self.batcher.submit((video, image))
+        except BaseException:
+            self.tracker.close(video)  # the next attempt starts clean from the waiting prompts
+            raise
+        state.video = video
+        state.waiting.clear()
+        return self._tracked(result, height, width)
+
+    def _step_batch(self, items: list[tuple[Any, np.ndarray]]) -> list[Any]:
+        return self.tracker.step_many([video for video, _ in items], [image for _, image in items])
+
+    @staticmethod
+    def _tracked(result: Any, height: int, width: int) -> TrackedFrame:
+        objects = [
+            TrackedObject(
+                obj_id=obj.obj_id,
+                state="tracking" if obj.present else "lost",
+                score=_sigmoid(obj.object_score),
+                mask=obj.mask,
+                label=obj.label,
+                predicted_iou=obj.predicted_iou,
+            )
+            for obj in result.objects
+        ]
+        return TrackedFrame(result.frame_idx, height, width, objects)
+
+    # -- prompts --------------------------------------------------------------------------------
+    def _check_prompts(
+        self, state: TrackerSession, objects: list[PromptObject]
+    ) -> list[CheckedPrompt]:
+        """Ids assigned and everything checked that can be, before anything changes."""
+        known = set(state.obj_ids)
+        taken = known | {obj.obj_id for obj in objects if obj.obj_id is not None}
+        next_id = 1
+        implied = state.mask_size() if state.video is None else tuple(state.video.frame_size)
+        checked = []
+        for position, obj in enumerate(objects):
+            obj_id = obj.obj_id
+            if obj_id is None:
+                while next_id in taken:
+                    next_id += 1
+                obj_id = next_id
+                taken.add(obj_id)
+            where = f"objects[{position}] (obj_id {obj_id})"
+            if obj.mask is not None and (obj.points or obj.box is not None):
+                raise InvalidPrompt(f"{where}: give a mask, or points and/or a box, not both")
+            if obj_id not in known and not _has_foreground(obj):
+                error = UnknownObject if obj.obj_id is not None else InvalidPrompt
+                raise error(
+                    f"{where}: the session tracks no object {obj_id} (objects: "
+                    f"{sorted(known) or 'none'}), and background clicks alone cannot start "
+                    "one; add a box, a mask or a foreground click (label 1)"
+                )
+            mask = self._decode_mask(obj, where)
+            if mask is not None:
+                if implied is not None and mask.shape != implied:
+                    raise InvalidPrompt(
+                        f"{where}: the mask is {mask.shape[1]}x{mask.shape[0]} (width x height) "
+                        f"but the session's frames are {implied[1]}x{implied[0]}"
+                    )
+                implied = mask.shape
+            prompt = CheckedPrompt(
+                obj_id=obj_id,
+                label=obj.label,
+                frame_idx=self._frame_index(state, obj.frame_index, where),
+                points=np.asarray(obj.points, dtype=np.float64) if obj.points else None,
+                point_labels=np.asarray(obj.point_labels, dtype=np.int32) if obj.points else None,
+                box=obj.box,
+                mask=mask,
+            )
+            if state.video is not None:
+                problem = self._frame_problem(prompt, tuple(state.video.frame_size))
+                if problem is not None:
+                    raise InvalidPrompt(f"{where}: {problem}")
+            checked.append(prompt)
+        return checked
+
+    @staticmethod
+    def _decode_mask(obj: PromptObject, where: str) -> np.ndarray | None:
+        if obj.mask is None:
+            return None
+        from surgray.io.masks import MaskFormatError, decode_rle
+
+        try:
+            return decode_rle([obj.mask.model_dump()])[0]
+        except MaskFormatError as exc:
+            raise InvalidPrompt(f"{where}: mask: {exc}") from None
+
+    @staticmethod
+    def _frame_index(state: TrackerSession, frame_index: int | None, where: str) -> int | None:
+        video = state.video
+        if video is None:
+            if frame_index not in (None, 0):
+                raise InvalidFrameIndex(
+                    f"{where}: frame_index {frame_index}, but the session has no frame yet; "
+                    "prompts before the first frame apply to it (frame_index 0 or omitted)"
+                )
+            return None
+        allowed = [video.next_frame_idx]
+        if video.last_frame_idx is not None:
+            allowed.insert(0, video.last_frame_idx)
+        if frame_index is None:
+            return video.next_frame_idx
+        if frame_index not in allowed:
+            raise InvalidFrameIndex(
+                f"{where}: frame_index {frame_index}; prompts may name the frame processed last "
+                f"({video.last_frame_idx}) or the next one ({video.next_frame_idx})"
+            )
+        return frame_index
+
+    @staticmethod
+    def _frame_problem(prompt: CheckedPrompt, frame_size: tuple[int, int]) -> str | None:
+        """Why the prompt does not fit frames of `frame_size`, or None."""
+        from surgray.tracking.prompts import check_box, check_points
+
+        try:
+            if prompt.points is not None:
+                check_points(prompt.points, prompt.point_labels, frame_size)
+            if prompt.box is not None:
+                check_box(prompt.box, frame_size)
+        except (TypeError, ValueError) as exc:
+            return str(exc)
+        if prompt.mask is not None and prompt.mask.shape != tuple(frame_size):
+            height, width = prompt.mask.shape
+            return (
+                f"the mask is {width}x{height} but the frames are {frame_size[1]}x{frame_size[0]}"
+            )
+        return None
+
+    def _apply(self, video: Any, prompt: CheckedPrompt) -> None:
+        frame_idx = video.next_frame_idx if prompt.frame_idx is None else prompt.frame_idx
+        try:
+            if prompt.mask is not None:
+                self.tracker.add_mask(video, prompt.obj_id, frame_idx, prompt.mask, prompt.label)
+            elif prompt.box is not None:
+                self.tracker.add_box(
+                    video,
+                    prompt.obj_id,
+                    frame_idx,
+                    prompt.box,
+                    prompt.label,
+                    points=prompt.points,
+                    labels=prompt.point_labels,
+                )
+            else:
+                self.tracker.add_points(
+                    video,
+                    prompt.obj_id,
+                    frame_idx,
+                    prompt.points,
+                    prompt.point_labels,
+                    prompt.label,
+                )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidPrompt(f"object {prompt.obj_id}: {exc}") from None
+
+    # -- one-shot video -------------------------------------------------------------------------
+    def segment_video(self, video: bytes, request: SegmentRequest) -> Iterator[TrackedFrame]:
+        # Expressions are required by /v1/segment, so it needs the referring pipeline.
+        self._refuse_text(request.expressions)
+        raise TextPromptsUnavailable("text expressions are not available on this server")
