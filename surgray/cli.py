@@ -11,6 +11,12 @@ import sys
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("surgray.demo", "generate a synthetic surgical clip and segment it end to end"),
+    "annotate": ("surgray.annotate.cli", "annotate a video archive on Ray (local Ray on a laptop)"),
+    "evaluate": (
+        "surgray.annotate.evaluate_job",
+        "run the pipeline on a dataset with ground truth and print J&F",
+    ),
+    "train": ("surgray.train.cli", "fine-tune on Ray Train (SAM2S / ReSurgSAM2 recipes)"),
     "eval": ("surgray.eval.cli", "score predicted masks against ground truth (J, F, J&F, Dice)"),
     "synth": ("surgray.data.synthetic_cli", "write synthetic surgical clips with ground truth"),
 }
