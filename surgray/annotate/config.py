@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from surgray.config import describe_validation_error, load_yaml_mapping
+
 # What a prefix listing takes as a video (compared case-insensitively: recorders write .MP4).
 DEFAULT_EXTENSIONS = (
     ".mp4",
@@ -269,51 +271,11 @@ class AnnotateConfig(_Section):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(_describe(exc, source)) from None
+            raise ConfigError(
+                describe_validation_error(exc, AnnotateConfig, source, "annotate")
+            ) from None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> AnnotateConfig:
-        import yaml
-
         text_path = os.fspath(path)
-        try:
-            with open(text_path, encoding="utf-8") as handle:
-                data = yaml.safe_load(handle)
-        except FileNotFoundError:
-            raise ConfigError(f"{text_path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{text_path}: not valid YAML: {exc}") from None
-        return cls.from_dict(data, source=text_path)
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] = AnnotateConfig
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        model = annotation
-    return model
-
-
-def _describe(exc: ValidationError, source: str) -> str:
-    lines = []
-    for error in exc.errors():
-        loc = tuple(error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            section = _section_at(loc[:-1])
-            allowed = sorted(section.model_fields) if section else []
-            message = "unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
-        elif error["type"] == "missing":
-            message = "required key is missing"
-        lines.append(f"{_dotted(loc)}: {message}")
-    return f"{source}: invalid annotate config:\n  " + "\n  ".join(lines)
+        return cls.from_dict(load_yaml_mapping(text_path, ConfigError), source=text_path)

@@ -20,6 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from surgray.config import describe_validation_error, load_yaml_mapping
+
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MIB = 1024 * 1024
@@ -138,21 +140,15 @@ class ServeConfig(_Section):
         try:
             return cls.model_validate(args)
         except ValidationError as exc:
-            raise ServeConfigError(_describe(exc, source)) from None
+            raise ServeConfigError(
+                describe_validation_error(exc, ServeConfig, source, "serve")
+            ) from None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], *, app_name: str | None = None) -> ServeConfig:
         """Load a plain ServeConfig YAML, or a Ray Serve config file (the app's `args`)."""
-        import yaml
-
         text_path = os.fspath(path)
-        try:
-            with open(text_path, encoding="utf-8") as handle:
-                data = yaml.safe_load(handle)
-        except FileNotFoundError:
-            raise ServeConfigError(f"{text_path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            raise ServeConfigError(f"{text_path}: not valid YAML: {exc}") from None
+        data = load_yaml_mapping(text_path, ServeConfigError)
         if isinstance(data, dict) and "applications" in data:
             return cls.from_args(
                 serve_app_args(data, app_name=app_name, source=text_path),
@@ -183,36 +179,3 @@ def serve_app_args(
     if not isinstance(chosen, dict) or not isinstance(chosen.get("args"), dict):
         raise ServeConfigError(f"{source}: the application has no 'args' mapping")
     return chosen["args"]
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] = ServeConfig
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        model = annotation
-    return model
-
-
-def _describe(exc: ValidationError, source: str) -> str:
-    lines = []
-    for error in exc.errors():
-        loc = tuple(error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            section = _section_at(loc[:-1])
-            allowed = sorted(section.model_fields) if section else []
-            message = "unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
-        elif error["type"] == "missing":
-            message = "required key is missing"
-        lines.append(f"{_dotted(loc)}: {message}")
-    return f"{source}: invalid serve config:\n  " + "\n  ".join(lines)
