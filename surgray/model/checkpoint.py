@@ -18,6 +18,10 @@ Modules without a published checkpoint (their keys are ours; add a row when addi
 |----------------------|--------------------------|----------------------------------------------|
 | `long_term_tpos_enc` | [N, 1, 1, mem_dim]       | `memory.num_long_term_embeddings = N > 0`    |
 |                      |                          | (SAM2S DiveMem long-term temporal slots)     |
+| `cross_modal_fusion` | CSTMamba: token          | `ReSurgSAM2` (`surgray.model.referring`);    |
+|                      | projection, class token, | released ReSurgSAM2 checkpoints lay it out   |
+|                      | blocks, language fusion  | differently: table in `referring_checkpoint` |
+| `semantic_head`      | SAM2S TSL head           | `ReferringConfig.semantic_head` is set       |
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from surgray.model.sam2 import SAM2Model
 log = logging.getLogger(__name__)
 
 # Keys of modules no published checkpoint has (see the table above); `init_from` default.
-NEW_MODULE_PREFIXES: tuple[str, ...] = ("long_term_tpos_enc",)
+NEW_MODULE_PREFIXES: tuple[str, ...] = ("long_term_tpos_enc", "cross_modal_fusion", "semantic_head")
 METADATA_KEY = "surgray"
 _SHOWN = 5  # keys named per kind of problem
 

@@ -44,11 +44,14 @@ def run_sam_heads(
     clicks: tuple[torch.Tensor, torch.Tensor] | None,
     mask_prompt: torch.Tensor | None,
     multimask: bool,
+    extra_tokens: torch.Tensor | None = None,
 ) -> HeadsOutput:
     """Prompt encoder + mask decoder + pointer for B objects with the same prompt layout.
 
     clicks: ([B, P, 2] model-input pixels, [B, P] labels incl. 2/3 for box corners) or None.
     mask_prompt: [B, 1, H, W] logits (resized to the prompt encoder's mask size) or None.
+    extra_tokens: [B, T, C] sparse prompt tokens appended after the clicks' (ReSurgSAM2's
+    fused class token and text embedding), or None.
     """
     batch = image_embed.shape[0]
     device = image_embed.device
@@ -62,6 +65,8 @@ def run_sam_heads(
     if mask_prompt is not None:
         mask_prompt = _resize_antialiased(mask_prompt, encoder.mask_input_size)
     sparse, dense = encoder(points=clicks, boxes=None, masks=mask_prompt)
+    if extra_tokens is not None:
+        sparse = torch.cat([sparse, extra_tokens.to(sparse.dtype)], dim=1)
     decoded = model.sam_mask_decoder(
         image_embeddings=image_embed,
         image_pe=encoder.get_dense_pe(),

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from surgray.tracking.cifs import ObjectPhase
 from surgray.tracking.postprocess import PostprocessConfig, combine_objects, to_video_resolution
 from surgray.tracking.state import VideoState
 
@@ -22,6 +23,9 @@ class ObjectResult:
     object_score: float  # object-score logit (> 0: the model sees the object)
     present: bool
     logits: torch.Tensor | None = None  # [H, W] float32 on CPU, when the tracker keeps them
+    state: ObjectPhase = "tracking"  # text objects: "searching" until CIFS picks a frame, "lost"
+    category: str | None = None  # SAM2S semantic head's category (models with one)
+    category_probability: float | None = None
 
 
 @dataclass
@@ -73,6 +77,9 @@ def frame_result(
             object_score=out.object_score,
             present=out.present,
             logits=logits[i] if logits is not None else None,
+            state=obj.phase,
+            category=obj.category,
+            category_probability=obj.category_probability,
         )
         for i, (obj, out) in enumerate(items)
     ]

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from surgray.model.frame_types import FrameFeatures, ObjectPrompt
+from surgray.tracking.cifs import ObjectPhase
 from surgray.tracking.memory.base import MemoryPolicy
 from surgray.tracking.memory.config import MemoryPolicyConfig
+
+if TYPE_CHECKING:
+    from surgray.tracking.referring import ReferringState
 
 # How an object's output on a frame was made:
 # "init": from prompts alone, without memory (SAM2's initial conditioning frame);
 # "correction": prompts on a frame already tracked, with memory and the earlier logits;
-# "tracked": from memory alone.
-OutputKind = Literal["init", "correction", "tracked"]
+# "tracked": from memory alone;
+# "referred": from a text expression alone (ReSurgSAM2's stage 1, surgray.tracking.referring).
+OutputKind = Literal["init", "correction", "tracked", "referred"]
 ObjectStatus = Literal["pending", "present", "absent"]
 
 
@@ -138,6 +143,12 @@ class ObjectState:
     # such a frame reuses them, as SAM2 does, instead of running the frame again.
     cond_outputs: dict[int, ObjectOutput] = field(default_factory=dict)
     tracked: FrameSpans = field(default_factory=FrameSpans)
+    # Text-referred objects search before they are tracked (surgray.tracking.cifs); others
+    # are tracked from their prompts.
+    phase: ObjectPhase = "tracking"
+    # SAM2S semantic head's answer on the object's latest frame (models with one).
+    category: str | None = None
+    category_probability: float | None = None
 
     @property
     def status(self) -> ObjectStatus:
@@ -196,6 +207,7 @@ class VideoState:
     cached: CachedFrame | None = None
     closed: bool = False
     policy_cfg: MemoryPolicyConfig | None = None  # what its objects' policies are built from
+    referring: ReferringState | None = None  # text objects and sensory memory, once any exists
 
     @property
     def obj_ids(self) -> list[int]:

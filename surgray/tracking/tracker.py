@@ -43,6 +43,7 @@ import torch
 
 from surgray.model.frame_types import FrameFeatures
 from surgray.model.sam2 import SAM2Model
+from surgray.tracking.cifs import CIFSConfig
 from surgray.tracking.frame_step import ObjectJob, StepSettings, plan_frame, prompt_kind, run_jobs
 from surgray.tracking.inputs import (
     check_frame,
@@ -56,6 +57,7 @@ from surgray.tracking.memory.base import build_policy
 from surgray.tracking.memory.config import MemoryPolicyConfig
 from surgray.tracking.postprocess import PostprocessConfig
 from surgray.tracking.prompts import check_box, check_mask, check_points, click_prompt, mask_prompt
+from surgray.tracking.referring import add_text_object, after_frame, forget_object, on_seek
 from surgray.tracking.results import FrameResult, frame_result
 from surgray.tracking.state import (
     CachedFrame,
@@ -151,12 +153,14 @@ class Tracker:
             obj.policy.reset()
         state.objects.clear()
         state.cached = None
+        state.referring = None
         state.closed = True
 
     def remove_object(self, state: VideoState, obj_id: int) -> None:
         state.check_open()
         state.object(obj_id).policy.reset()
         del state.objects[obj_id]
+        forget_object(state, obj_id)
 
     def reset(self, state: VideoState) -> None:
         """Forget every object and prompt; the video stays open at frame 0, forward."""
@@ -165,6 +169,7 @@ class Tracker:
             obj.policy.reset()
         state.objects.clear()
         state.cached = None
+        state.referring = None
         state.last_frame_idx, state.next_frame_idx, state.reverse = None, 0, False
 
     def seek(self, state: VideoState, frame_idx: int, reverse: bool = False) -> None:
@@ -174,6 +179,7 @@ class Tracker:
         edge = frame_idx + 1 if reverse else frame_idx - 1
         for obj in state.objects.values():
             obj.policy.clear_after(edge, reverse)
+        on_seek(state)
         state.next_frame_idx, state.reverse = frame_idx, reverse
 
     # ------------------------------------------------------------------ prompts
@@ -240,6 +246,27 @@ class Tracker:
         checked = check_mask(mask, state.frame_size)
         prompt = mask_prompt(checked, self.model.image_size)
         return self._prompt(state, obj_id, frame_idx, lambda _: prompt, label, frame)
+
+    def add_text(
+        self,
+        state: VideoState,
+        obj_id: int,
+        text: str,
+        label: str | None = None,
+        *,
+        cifs: CIFSConfig | dict | None = None,
+    ) -> None:
+        """A referring expression as a new object (ReSurgSAM2 models only).
+
+        The object searches from the next frame stepped: each frame is segmented from the text
+        alone (those masks are its results) until credible initial frame selection picks a
+        frame, which becomes its conditioning memory; it is tracked from the next frame on,
+        and searches again when lost for `cifs.lost_patience` frames (results report the
+        `state`). `label` defaults to the text; `cifs` overrides the model's
+        `ReferringConfig.cifs` for this object. See `surgray.tracking.referring`.
+        """
+        state.check_open()
+        add_text_object(self.model, state, obj_id, text, label, cifs)
 
     def _prompt(self, state, obj_id, frame_idx, build, label, frame) -> FrameResult | None:
         obj_id = check_index(obj_id, "obj_id")
@@ -362,6 +389,7 @@ class Tracker:
             obj.last = obj.cond_outputs[frame_idx]
         for obj in [job.obj for job in jobs] + reused:
             obj.tracked.add(frame_idx)
+        after_frame(self.model, state, frame_idx, features, self._settings(state))
         state.last_frame_idx = frame_idx
         state.frames_stepped += 1
         state.next_frame_idx = frame_idx - 1 if state.reverse else frame_idx + 1
