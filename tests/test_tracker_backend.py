@@ -313,3 +313,141 @@ def test_text_prompts_are_refused_until_the_referring_pipeline_exists(backend):
         backend.add_prompts(state, PromptsRequest(expressions=["the liver"]))
     with pytest.raises(TextPromptsUnavailable):
         backend.segment_video(b"video", SegmentRequest(expressions=["the liver"]))
+
+
+# -- text prompts (tiny ReSurgSAM2 + tiny CLIP) ------------------------------------------------
+# Every stage-1 frame is a credible candidate and a tracked object is never lost, so a text
+# object searches for WINDOW - 1 frames and is tracked from the WINDOW-th (CIFS picks it).
+WINDOW = 3
+ACCEPT = {
+    "score_threshold": 0.0,
+    "iou_threshold": 0.0,
+    "lost_score_threshold": 0.0,
+    "window": WINDOW,
+}
+
+
+@pytest.fixture(scope="module")
+def referring_checkpoint(tmp_path_factory):
+    from _referring_fixtures import script_scores, tiny_model, write_tiny_clip
+
+    from surgray.model.referring_checkpoint import save_referring_checkpoint
+    from surgray.tracking.cifs import CIFSConfig
+
+    root = tmp_path_factory.mktemp("referring")
+    clip_dir = write_tiny_clip(root / "clip")
+    model = tiny_model(clip_dir, size=64, cifs=CIFSConfig(**ACCEPT))
+    script_scores(model, object_score=4.0, iou=0.9)  # objects are seen on every frame
+    path = root / "resurgsam2.pt"
+    save_referring_checkpoint(model, path)  # no text encoder folder in the metadata
+    return path, clip_dir
+
+
+@pytest.fixture(scope="module")
+def referring_backend(referring_checkpoint):
+    path, clip_dir = referring_checkpoint
+    config = ServeConfig.from_args(
+        {
+            "model": {
+                "variant": "micro",
+                "checkpoint": str(path),
+                "image_size": 64,
+                "text_encoder": str(clip_dir),
+            },
+            "batching": {"max_batch_size": 2, "wait_timeout_s": 0.0},
+        }
+    )
+    built = TrackerBackend.from_config(config, device="cpu")
+    yield built
+    built.close()
+
+
+def test_referring_checkpoint_needs_a_text_encoder_folder(referring_checkpoint):
+    path, _ = referring_checkpoint
+    with pytest.raises(ModelLoadError, match="no text encoder folder is known"):
+        load_served_model(ServedModel(variant="micro", checkpoint=str(path), image_size=64))
+
+
+def test_text_session_reports_states_and_maps_ids_to_expressions(referring_backend):
+    from surgray.model.referring import ReSurgSAM2
+
+    assert isinstance(referring_backend.tracker.model, ReSurgSAM2)
+    assert referring_backend.models()[0].text_prompts is True
+    state = referring_backend.open_session(
+        "text", create(expressions=["the grasper"], objects=[{"box": [6, 10, 28, 31]}])
+    )
+    # The box object takes id 1 (assigned first), the expression the next free id.
+    summary = referring_backend.describe(state)
+    assert (summary.expressions, summary.obj_ids) == (["the grasper"], [2, 1])
+    frames = scene(5, seed=0)
+    seen: dict[int, list[str]] = {1: [], 2: [], 3: []}
+    for index, image in enumerate(frames):
+        tracked = referring_backend.track_frame(state, image)
+        assert tracked.frame_index == index
+        for obj in tracked.objects:
+            assert obj.mask.shape == (HEIGHT, WIDTH) and obj.mask.dtype == np.bool_
+            seen[obj.obj_id].append(obj.state)
+            if obj.obj_id == 2:
+                assert obj.label == "the grasper"
+        if index == 1:
+            # A new expression mid-stream gets the next free id and searches from frame 2.
+            referring_backend.add_prompts(state, PromptsRequest(expressions=["the needle"]))
+            summary = referring_backend.describe(state)
+            assert summary.expressions == ["the grasper", "the needle"]
+            assert summary.obj_ids == [2, 3, 1]
+    assert seen[1] == ["tracking"] * 5
+    assert seen[2] == ["searching"] * (WINDOW - 1) + ["tracking"] * (5 - WINDOW + 1)
+    assert seen[3] == ["searching"] * (WINDOW - 1) + ["tracking"]
+    with pytest.raises(InvalidPrompt, match=r"'the needle' \(object 3\)"):
+        referring_backend.add_prompts(state, PromptsRequest(expressions=["the needle"]))
+    referring_backend.close_session(state)
+
+
+def _encode_mp4(path, frames: np.ndarray) -> np.ndarray:
+    """Write frames as an MPEG-4 MP4 with PyAV; returns the frames as decoded back."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def test_segment_video_tracks_every_frame_like_a_session(referring_backend, tmp_path):
+    from surgray.serving.config import LimitsConfig
+    from surgray.serving.tracker_backend import FrameLimit, InvalidVideo
+
+    path = tmp_path / "clip.mp4"
+    decoded = _encode_mp4(path, scene(4, seed=1))
+    request = SegmentRequest(expressions=["the grasper", "the needle"])
+    frames = list(referring_backend.segment_video(path.read_bytes(), request))
+    assert [frame.frame_index for frame in frames] == [0, 1, 2, 3]
+    assert all((frame.height, frame.width) == (HEIGHT, WIDTH) for frame in frames)
+    states = [[obj.state for obj in frame.objects] for frame in frames]
+    assert states == [["searching"] * 2] * (WINDOW - 1) + [["tracking"] * 2] * (4 - WINDOW + 1)
+    assert [obj.label for obj in frames[0].objects] == ["the grasper", "the needle"]
+    # The same expressions in a session over the decoded frames give the same masks.
+    state = referring_backend.open_session("same", create(expressions=request.expressions))
+    for frame, image in zip(frames, decoded, strict=True):
+        tracked = referring_backend.track_frame(state, image)
+        assert [o.obj_id for o in tracked.objects] == [o.obj_id for o in frame.objects] == [1, 2]
+        for ours, theirs in zip(frame.objects, tracked.objects, strict=True):
+            assert np.array_equal(ours.mask, theirs.mask)
+    referring_backend.close_session(state)
+
+    short = TrackerBackend(referring_backend.loaded, limits=LimitsConfig(max_video_frames=3))
+    try:
+        stream = short.segment_video(path.read_bytes(), request)
+        assert [next(stream).frame_index for _ in range(3)] == [0, 1, 2]
+        with pytest.raises(FrameLimit, match="more than 3 frames"):
+            next(stream)
+    finally:
+        short.close()
+    with pytest.raises(InvalidVideo, match="cannot decode the video"):
+        next(referring_backend.segment_video(b"not a video at all", request))

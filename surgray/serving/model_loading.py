@@ -6,6 +6,11 @@ tests without a checkpoint, `checkpoint: "random:<seed>"` builds the variant wit
 weights from that seed (the same seed gives the same weights in every process). Such a model
 is announced as random in its `/v1/models` description and in the replica's log, because its
 masks mean nothing.
+
+Text prompts need a `ReSurgSAM2` (referring fusion + CLIP text encoder). One is built when the
+checkpoint is a referring one (our metadata carries its `ReferringConfig`, or it holds the
+released ReSurgSAM2 keys) or when the config names `text_encoder`; that folder, when given,
+replaces the one the checkpoint's metadata names. The checkpoint file is read once.
 """
 
 from __future__ import annotations
@@ -58,8 +63,9 @@ class LoadedModel:
     served: ServedModel
     tracker: Any  # surgray.tracking.tracker.Tracker
     random_weights: bool
+    text_prompts: bool = False  # a ReSurgSAM2 with its text encoder loaded
 
-    def info(self, *, text_prompts: bool) -> ModelInfo:
+    def info(self, *, text_prompts: bool | None = None) -> ModelInfo:
         description = self.served.description
         if self.random_weights:
             description = (
@@ -70,7 +76,7 @@ class LoadedModel:
             variant=self.served.variant,
             image_size=self.served.image_size,
             policy=self.served.policy,
-            text_prompts=text_prompts,
+            text_prompts=self.text_prompts if text_prompts is None else text_prompts,
             description=description,
         )
 
@@ -90,6 +96,67 @@ def _autocast(precision: str, device: Any) -> Any:
     return getattr(torch, name)
 
 
+def _referring_config(served: ServedModel, cfg: Any, metadata: dict | None) -> Any:
+    """The checkpoint's referring config (or the default for the network), with the config's
+    text encoder folder in place of the checkpoint's."""
+    from surgray.model.referring import ReferringConfig, _default_referring
+    from surgray.model.referring_checkpoint import REFERRING_METADATA_KEY
+
+    saved = (metadata or {}).get(REFERRING_METADATA_KEY)
+    referring = ReferringConfig.model_validate_json(saved) if saved else _default_referring(cfg)
+    if served.text_encoder is not None:
+        referring = referring.model_copy(update={"text_encoder": served.text_encoder})
+    if referring.text_encoder is None:
+        raise ModelLoadError(
+            f"model {served.name!r}: the checkpoint is a referring (ReSurgSAM2) one but no "
+            "text encoder folder is known; set model.text_encoder to a CLIP text directory"
+        )
+    return referring
+
+
+def _build(
+    served: ServedModel, seed: int | None, storage_options: dict[str, Any] | None
+) -> tuple[Any, bool]:
+    """(model on the CPU, whether it is a ReSurgSAM2), weights from the checkpoint or seed."""
+    import torch
+
+    from surgray.model.checkpoint import check_state_dict, read_state_dict
+    from surgray.model.referring import ReSurgSAM2
+    from surgray.model.referring_checkpoint import (
+        REFERRING_METADATA_KEY,
+        is_resurgsam2_layout,
+        load_referring_state_dict,
+    )
+    from surgray.model.sam2 import SAM2Model
+    from surgray.model.variants import get_variant
+
+    cfg = get_variant(resolve_variant(served.variant), image_size=served.image_size)
+    if seed is not None:
+        referring = served.text_encoder is not None
+        # Seed only the construction, then put the global generator back as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if referring:
+                model = ReSurgSAM2(cfg, _referring_config(served, cfg, None))
+            else:
+                model = SAM2Model(cfg)
+        return model, referring
+    state_dict, metadata = read_state_dict(served.checkpoint, storage_options)
+    referring = (
+        served.text_encoder is not None
+        or REFERRING_METADATA_KEY in (metadata or {})
+        or is_resurgsam2_layout(state_dict)
+    )
+    if referring:
+        model = ReSurgSAM2(cfg, _referring_config(served, cfg, metadata))
+        load_referring_state_dict(model, state_dict, served.checkpoint)
+    else:
+        model = SAM2Model(cfg)
+        check_state_dict(model, state_dict, served.checkpoint, ())
+        model.load_state_dict(state_dict)
+    return model, referring
+
+
 def load_served_model(
     served: ServedModel,
     *,
@@ -99,28 +166,23 @@ def load_served_model(
     """Build the model (checkpoint or seeded random weights) and a `Tracker` over it."""
     import torch
 
-    from surgray.model.checkpoint import CheckpointError, build_model
+    from surgray.model.checkpoint import CheckpointError
     from surgray.tracking.tracker import Tracker
 
     chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     seed = random_weights_seed(served.checkpoint)
     try:
-        if seed is not None:
-            # Seed only the construction, then put the global generator back as it was.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                model = build_model(resolve_variant(served.variant), image_size=served.image_size)
-            model = model.to(chosen)
-        else:
-            model = build_model(
-                resolve_variant(served.variant),
-                served.checkpoint,
-                device=chosen,
-                image_size=served.image_size,
-                storage_options=storage_options,
-            )
+        model, referring = _build(served, seed, storage_options)
+        model = model.to(chosen).eval()
     except (CheckpointError, KeyError, ValueError) as exc:
         raise ModelLoadError(f"model {served.name!r}: {exc}") from exc
+    if referring:
+        try:
+            model.load_text_encoder(storage_options)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(
+                f"model {served.name!r}: text encoder {model.referring_cfg.text_encoder}: {exc}"
+            ) from exc
     try:
         tracker = Tracker(
             model,
@@ -140,11 +202,14 @@ def load_served_model(
         )
     else:
         logger.info(
-            "model %r: variant %s at %d px from %s on %s",
+            "model %r: variant %s at %d px from %s on %s%s",
             served.name,
             served.variant,
             served.image_size,
             served.checkpoint,
             chosen,
+            " with text prompts" if referring else "",
         )
-    return LoadedModel(served=served, tracker=tracker, random_weights=seed is not None)
+    return LoadedModel(
+        served=served, tracker=tracker, random_weights=seed is not None, text_prompts=referring
+    )

@@ -12,6 +12,13 @@ Client mistakes are 422s that name what is wrong and leave the session usable:
 `frame_size_mismatch`, `invalid_prompt`, `invalid_frame_index`, `unknown_object` (an id the
 session does not track, given only background clicks, which cannot start an object), and
 `text_prompts_unavailable` while the deployed model has no text encoder / referring fusion.
+
+Text expressions (ReSurgSAM2 models) become objects with ids the backend picks (the lowest
+free ones, after the prompted objects of the same request). `SessionInfo` lists them first:
+`obj_ids[i]` is the object of `expressions[i]`, and each result of a text object carries its
+expression as `label`. A text object is "searching" until credible initial frame selection
+picks a frame, then "tracking", and "lost" while unseen. `segment_video` runs the same
+tracker over an uploaded clip, one frame at a time through the shared batcher.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import numpy as np
 
 from surgray.serving.backend import SessionSummary, TrackedFrame, TrackedObject
 from surgray.serving.batching import MicroBatcher
-from surgray.serving.config import ServeConfig
+from surgray.serving.config import LimitsConfig, ServeConfig
 from surgray.serving.errors import Unprocessable
 from surgray.serving.model_loading import LoadedModel, load_served_model
 from surgray.serving.schemas import (
@@ -60,6 +67,18 @@ class FrameSizeMismatch(Unprocessable):
     code = "frame_size_mismatch"
 
 
+class InvalidVideo(Unprocessable):
+    code = "invalid_video"
+
+
+class VideoTooLarge(Unprocessable):
+    code = "video_too_large"
+
+
+class FrameLimit(Unprocessable):
+    code = "frame_limit"  # the same code the service's own frame-count check reports
+
+
 @dataclass(frozen=True)
 class CheckedPrompt:
     """One object's prompt, decoded; `frame_idx` None means the session's first frame."""
@@ -79,12 +98,20 @@ class TrackerSession:
     model: str
     video: Any = None  # surgray.tracking.state.VideoState, from the first frame on
     waiting: dict[int, CheckedPrompt] = field(default_factory=dict)  # before the first frame
+    texts: dict[int, str] = field(default_factory=dict)  # obj_id -> expression, in order given
     closed: bool = False
 
     @property
     def obj_ids(self) -> list[int]:
-        ids = list(self.video.obj_ids) if self.video is not None else []
+        """Text objects first (in the order of `expressions`), then the prompted ones."""
+        ids = list(self.texts)
+        if self.video is not None:
+            ids += [obj_id for obj_id in self.video.obj_ids if obj_id not in self.texts]
         return ids + [obj_id for obj_id in self.waiting if obj_id not in ids]
+
+    @property
+    def expressions(self) -> list[str]:
+        return list(self.texts.values())
 
     def mask_size(self) -> tuple[int, int] | None:
         """The frame size the waiting mask prompts imply (they all share it)."""
@@ -98,6 +125,13 @@ def _sigmoid(logit: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(min(logit, 60.0), -60.0)))
 
 
+def _object_state(obj: Any) -> str:
+    """A text object's CIFS phase; a tracked object (either kind) unseen on a frame is lost."""
+    if obj.state != "tracking":
+        return obj.state
+    return "tracking" if obj.present else "lost"
+
+
 def _has_foreground(obj: PromptObject) -> bool:
     return obj.box is not None or obj.mask is not None or 1 in obj.point_labels
 
@@ -106,10 +140,16 @@ class TrackerBackend:
     """Sessions over one loaded model; frames of concurrent sessions are stepped together."""
 
     def __init__(
-        self, loaded: LoadedModel, *, max_batch_size: int = 4, wait_timeout_s: float = 0.005
+        self,
+        loaded: LoadedModel,
+        *,
+        max_batch_size: int = 4,
+        wait_timeout_s: float = 0.005,
+        limits: LimitsConfig | None = None,
     ):
         self.loaded = loaded
         self.tracker = loaded.tracker
+        self.limits = limits or LimitsConfig()
         self.batcher: MicroBatcher[tuple[Any, np.ndarray], Any] = MicroBatcher(
             self._step_batch,
             max_batch_size=max_batch_size,
@@ -124,13 +164,13 @@ class TrackerBackend:
             loaded,
             max_batch_size=config.batching.max_batch_size,
             wait_timeout_s=config.batching.wait_timeout_s,
+            limits=config.limits,
         )
 
     # -- registry -------------------------------------------------------------------------------
     @property
     def text_prompts(self) -> bool:
-        # The referring pipeline (text encoder + fusion + CIFS) is not wired in yet.
-        return False
+        return self.loaded.text_prompts
 
     def models(self) -> list[ModelInfo]:
         return [self.loaded.info(text_prompts=self.text_prompts)]
@@ -148,12 +188,17 @@ class TrackerBackend:
     def open_session(self, session_id: str, request: CreateSessionRequest) -> TrackerSession:
         self._refuse_text(request.expressions)
         session = TrackerSession(session_id, request.model or self.loaded.served.name)
-        for prompt in self._check_prompts(session, request.objects):
+        prompts = self._check_prompts(session, request.objects)
+        texts = self._text_ids(session, request.expressions, prompts)
+        for prompt in prompts:
             session.waiting[prompt.obj_id] = prompt
+        session.texts.update(texts)  # added to the tracker with the first frame
         return session
 
     def describe(self, state: TrackerSession) -> SessionSummary:
-        return SessionSummary(model=state.model, expressions=[], obj_ids=state.obj_ids)
+        return SessionSummary(
+            model=state.model, expressions=state.expressions, obj_ids=state.obj_ids
+        )
 
     def close_session(self, state: TrackerSession) -> None:
         if state.video is not None:
@@ -168,12 +213,44 @@ class TrackerBackend:
     def add_prompts(self, state: TrackerSession, request: PromptsRequest) -> None:
         self._refuse_text(request.expressions)
         prompts = self._check_prompts(state, request.objects)
+        texts = self._text_ids(state, request.expressions, prompts)
         if state.video is None:
             for prompt in prompts:
                 state.waiting[prompt.obj_id] = prompt
+            state.texts.update(texts)
             return
         for prompt in prompts:
             self._apply(state.video, prompt)
+        for obj_id, text in texts.items():
+            self._add_text(state.video, obj_id, text)
+            state.texts[obj_id] = text
+
+    def _text_ids(
+        self, state: TrackerSession, expressions: list[str], prompts: list[CheckedPrompt]
+    ) -> dict[int, str]:
+        """obj_id -> expression for new expressions: the lowest ids nothing else holds."""
+        known = {text: obj_id for obj_id, text in state.texts.items()}
+        repeated = [f"{text!r} (object {known[text]})" for text in expressions if text in known]
+        if repeated:
+            raise InvalidPrompt(
+                f"the session already tracks the expressions {', '.join(repeated)}; "
+                "send only new ones"
+            )
+        taken = set(state.obj_ids) | {prompt.obj_id for prompt in prompts}
+        assigned: dict[int, str] = {}
+        next_id = 1
+        for text in expressions:
+            while next_id in taken:
+                next_id += 1
+            assigned[next_id] = text
+            taken.add(next_id)
+        return assigned
+
+    def _add_text(self, video: Any, obj_id: int, text: str) -> None:
+        try:
+            self.tracker.add_text(video, obj_id, text)
+        except (TypeError, ValueError) as exc:
+            raise InvalidPrompt(f"expression {text!r} (object {obj_id}): {exc}") from None
 
     # -- frames ---------------------------------------------------------------------------------
     def track_frame(self, state: TrackerSession, image: np.ndarray) -> TrackedFrame:
@@ -215,6 +292,8 @@ class TrackerBackend:
         try:
             for prompt in state.waiting.values():
                 self._apply(video, prompt)
+            for obj_id, text in state.texts.items():
+                self._add_text(video, obj_id, text)
             result = self.batcher.submit((video, image))
         except BaseException:
             self.tracker.close(video)  # the next attempt starts clean from the waiting prompts
@@ -231,7 +310,7 @@ class TrackerBackend:
         objects = [
             TrackedObject(
                 obj_id=obj.obj_id,
-                state="tracking" if obj.present else "lost",
+                state=_object_state(obj),
                 score=_sigmoid(obj.object_score),
                 mask=obj.mask,
                 label=obj.label,
@@ -373,6 +452,68 @@ class TrackerBackend:
 
     # -- one-shot video -------------------------------------------------------------------------
     def segment_video(self, video: bytes, request: SegmentRequest) -> Iterator[TrackedFrame]:
-        # Expressions are required by /v1/segment, so it needs the referring pipeline.
+        """Frames of the clip, decoded and tracked lazily (the caller drives the iterator);
+        the refusal for a model without text support is raised here, before any decoding."""
         self._refuse_text(request.expressions)
-        raise TextPromptsUnavailable("text expressions are not available on this server")
+        if not video:
+            raise InvalidVideo("the video is empty")
+        return self._segment_frames(video, list(request.expressions))
+
+    def _segment_frames(self, data: bytes, expressions: list[str]) -> Iterator[TrackedFrame]:
+        import os
+        import tempfile
+
+        from surgray.io.errors import VideoError
+        from surgray.io.video import VideoReader
+
+        limit = self.limits.max_video_frames
+        # PyAV reads containers from a path; the file lives only while the clip is segmented.
+        handle, path = tempfile.mkstemp(prefix="surgray-segment-", suffix=".video")
+        state = None
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+            # One frame past the limit, to tell "exactly the limit" from "too long".
+            reader = VideoReader(path, end_frame=limit + 1, prefetch=4)
+            with reader:
+                frames = iter(reader)
+                while True:
+                    try:
+                        frame = next(frames, None)
+                    except VideoError as exc:
+                        message = str(exc).replace(path, "the uploaded video")
+                        raise InvalidVideo(f"cannot decode the video: {message}") from None
+                    if frame is None:
+                        break
+                    if state is None:
+                        state = self._start_clip(frame.image, expressions)
+                    elif state.next_frame_idx >= limit:
+                        raise FrameLimit(
+                            f"the video has more than {limit} frames; send shorter clips or "
+                            "use a session"
+                        )
+                    height, width = frame.image.shape[:2]
+                    result = self.batcher.submit((state, frame.image))
+                    yield self._tracked(result, height, width)
+            if state is None:
+                raise InvalidVideo("the video holds no frames")
+        finally:
+            if state is not None:
+                self.tracker.close(state)
+            os.unlink(path)
+
+    def _start_clip(self, image: np.ndarray, expressions: list[str]) -> Any:
+        height, width = image.shape[:2]
+        side = self.limits.max_image_side
+        if max(height, width) > side:
+            raise VideoTooLarge(
+                f"the video's frames are {width}x{height}; at most {side} pixels a side"
+            )
+        state = self.tracker.start(f"segment-{id(image):x}", (height, width))
+        try:
+            for obj_id, text in enumerate(expressions, start=1):
+                self._add_text(state, obj_id, text)
+        except BaseException:
+            self.tracker.close(state)
+            raise
+        return state
