@@ -35,6 +35,45 @@ def _torch_threads(config: AnnotateConfig) -> int:
     return max(1, int(config.actors.num_cpus))
 
 
+def _is_referring(model: Any) -> bool:
+    from surgray.model.referring import ReSurgSAM2
+
+    return isinstance(model, ReSurgSAM2)
+
+
+def load_model(config: AnnotateConfig, device: str, storage: dict[str, Any] | None) -> Any:
+    """The tracker's network, the checkpoint read once: a `ReSurgSAM2` when the checkpoint's
+    metadata holds a referring config (our referring checkpoints), else a `SAM2Model`.
+
+    `model.text_encoder` overrides the checkpoint's text-encoder folder; the encoder itself
+    is loaded only when a text prompt arrives (`SegmentAnnotator._ensure_text_encoder`).
+    """
+    from surgray.model.checkpoint import build_model, check_state_dict, read_state_dict
+    from surgray.model.referring import ReferringConfig
+    from surgray.model.referring_checkpoint import (
+        REFERRING_METADATA_KEY,
+        build_resurgsam2,
+        load_referring_state_dict,
+    )
+
+    source = config.model.checkpoint
+    state_dict, metadata = read_state_dict(source, storage)
+    size = config.model.image_size
+    if metadata and REFERRING_METADATA_KEY in metadata:
+        referring = ReferringConfig.model_validate_json(metadata[REFERRING_METADATA_KEY])
+        if config.model.text_encoder is not None:
+            referring = referring.model_copy(update={"text_encoder": config.model.text_encoder})
+        model = build_resurgsam2(
+            config.model.variant, referring, image_size=size, load_text_encoder=False
+        )
+        load_referring_state_dict(model, state_dict, source)
+    else:
+        model = build_model(config.model.variant, image_size=size)
+        check_state_dict(model, state_dict, source, ())
+        model.load_state_dict(state_dict)
+    return model.to(device).eval()
+
+
 class SegmentAnnotator:
     """Tracks work items; `__call__(batch) -> results` (see the module docstring).
 
@@ -52,7 +91,6 @@ class SegmentAnnotator:
         import torch
 
         from surgray.annotate.hooks import load_skip_hook
-        from surgray.model.checkpoint import build_model
         from surgray.tracking.tracker import Tracker
 
         logging.getLogger("surgray").setLevel(logging.INFO)
@@ -67,13 +105,8 @@ class SegmentAnnotator:
             )
         autocast = _AUTOCAST[precision]
         storage = config.storage_options()
-        model = build_model(
-            config.model.variant,
-            checkpoint=config.model.checkpoint,
-            device=device,
-            image_size=config.model.image_size,
-            storage_options=storage,
-        )
+        model = load_model(config, device, storage)
+        self._text_encoder_loaded = False
         tracker = Tracker(
             model,
             {"name": config.model.policy, **config.model.policy_options},
@@ -88,8 +121,23 @@ class SegmentAnnotator:
             target_fps=config.frames.target_fps,
             skip_hook=load_skip_hook(config.frames.skip_hook),
             rows_per_part=config.output.rows_per_part,
+            text_ready=self._ensure_text_encoder if _is_referring(model) else None,
         )
         logger.info("annotator ready in process %d on %s", os.getpid(), device)
+
+    def _ensure_text_encoder(self) -> None:
+        """Load the CLIP text encoder on the first text-prompted work item, once per actor."""
+        if self._text_encoder_loaded:
+            return
+        model = self.context.tracker.model
+        if model.text_encoder is None:
+            if model.referring_cfg.text_encoder is None:
+                raise ValueError(
+                    "text prompts need a CLIP text encoder: set model.text_encoder in the "
+                    "config (the checkpoint names none)"
+                )
+            model.load_text_encoder(self.context.storage_options)
+        self._text_encoder_loaded = True
 
     def __call__(self, batch: Any) -> Any:
         """A pyarrow Table (or list of row dicts) of work rows -> a Table of result rows."""

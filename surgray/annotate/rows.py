@@ -5,6 +5,10 @@ Mask rows are `surgray.io.exports.mask_table` (one row per object per frame, COC
 the provenance of the video, repeated on every row so a Parquet file found on its own still
 says what made it. Parquet dictionary-encodes repeated strings, so the columns cost a few
 bytes per file, not per row.
+
+`state` is the object's tracking phase on the frame (`ObjectResult.state`): "searching" /
+"tracking" / "lost" for text objects, always "tracking" for prompted ones, so every part has
+the same schema.
 """
 
 from __future__ import annotations
@@ -25,15 +29,27 @@ PROVENANCE_COLUMNS = (
     "prompts_sha256",
     "prompts_json",
 )
+STATE_COLUMN = "state"
+DEFAULT_STATE = "tracking"
 
 
-def provenance_table(records: Sequence[MaskRecord], provenance: Provenance) -> Any:
-    """`mask_table(records)` with one column per provenance field."""
+def provenance_table(
+    records: Sequence[MaskRecord], provenance: Provenance, states: Sequence[str] | None = None
+) -> Any:
+    """`mask_table(records)` with the `state` column (default "tracking") and one column per
+    provenance field."""
     import pyarrow as pa
 
     from surgray.io.exports import mask_table
 
     table = mask_table(records)
+    if states is None:
+        states = [DEFAULT_STATE] * table.num_rows
+    if len(states) != table.num_rows:
+        raise ValueError(f"{len(states)} states for {table.num_rows} mask rows")
+    table = table.append_column(
+        STATE_COLUMN, pa.array(list(states), pa.string()).dictionary_encode()
+    )
     values = provenance.as_dict()
     for name in PROVENANCE_COLUMNS:
         column = pa.DictionaryArray.from_arrays(
@@ -57,14 +73,26 @@ class ProvenanceSegmentWriter(SegmentWriter):
         super().__init__(layout, video_id, segment_index, rows_per_part)
         self.provenance = provenance
         self.rows_written = 0
+        self._states: list[str] = []  # parallel to the buffered records
+
+    def add(self, records: Iterable[MaskRecord], states: Sequence[str] | None = None) -> None:
+        records = list(records)
+        if states is None:
+            states = [DEFAULT_STATE] * len(records)
+        if len(states) != len(records):
+            raise ValueError(f"{len(states)} states for {len(records)} mask records")
+        # Extend first: the base class may flush while adding.
+        self._states.extend(states)
+        super().add(records)
 
     def _flush(self, count: int) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         chunk, self._buffer = self._buffer[:count], self._buffer[count:]
+        states, self._states = self._states[:count], self._states[count:]
         name = part_name(self.segment_index, len(self._parts))
-        table = provenance_table(chunk, self.provenance)
+        table = provenance_table(chunk, self.provenance, states)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         self.layout.put_bytes(
@@ -76,6 +104,7 @@ class ProvenanceSegmentWriter(SegmentWriter):
     def discard(self) -> None:
         """Drop what is buffered and delete the parts written so far (a failed attempt)."""
         self._buffer.clear()
+        self._states.clear()
         for part in self._parts:
             try:
                 self.layout.remove(self.layout.part_uri(self.video_id, part.name))

@@ -11,6 +11,12 @@ Rows. Every tracked frame gets one row per prompted object, also before the obje
 prompt (an empty mask, score 0), so a video's keys are exactly frames x objects. Tracking is
 forward only (streaming): an object has no mask before the frame it was prompted on.
 `score` is the decoder's predicted IoU of the mask.
+
+Text prompts (ReSurgSAM2 checkpoints). Each expression is its own object, ids 1..N in
+expression order, labelled with its text, added before the segment's first frame: it searches
+from there (credible initial frame selection) and then tracks. Every work item starts a fresh
+tracker state, so each segment of a split video runs that selection on its own. Rows carry the
+object's `state`.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from surgray.annotate.outputs import OutputLayout, SegmentResult
 from surgray.annotate.plan import WorkItem
 from surgray.annotate.prompts import ObjectPrompt
 from surgray.annotate.provenance import Provenance
-from surgray.annotate.rows import ProvenanceSegmentWriter
+from surgray.annotate.rows import DEFAULT_STATE, ProvenanceSegmentWriter
 from surgray.io.records import MaskRecord
 
 TEXT_PROMPTS_UNSUPPORTED = "text prompts need the referring pipeline (issue 5)"
@@ -69,6 +75,9 @@ class RunContext:
     target_fps: float | None = None
     skip_hook: Callable[[Any], bool] | None = None
     rows_per_part: int = 50_000
+    # Makes the model ready for text (loads the text encoder once); None: the model has no
+    # referring head, so text prompts are refused.
+    text_ready: Callable[[], None] | None = None
 
 
 @dataclass
@@ -86,6 +95,7 @@ class VideoRun:
     _prompts: dict[int, list[ObjectPrompt]] = field(default_factory=dict)
     _clicks_at: dict[int, list[ClickTarget]] = field(default_factory=dict)
     _objects: dict[int, str] = field(default_factory=dict)  # obj_id -> label
+    _texts: dict[int, str] = field(default_factory=dict)  # obj_id -> expression
     _reader: Any = None
     _iter: Iterator[Any] | None = None
     _writer: ProvenanceSegmentWriter | None = None
@@ -109,7 +119,14 @@ class VideoRun:
 
         prompts = self.item.prompts
         if prompts.texts:
-            raise TextPromptsUnsupported(TEXT_PROMPTS_UNSUPPORTED)
+            if self.ctx.text_ready is None:
+                raise TextPromptsUnsupported(TEXT_PROMPTS_UNSUPPORTED)
+            if prompts.objects:
+                raise ValueError("text prompts cannot be mixed with point, box or mask prompts")
+            self.ctx.text_ready()
+            for obj_id, text in enumerate(prompts.texts, start=1):
+                self._texts[obj_id] = text
+                self._objects[obj_id] = text
         for obj in prompts.objects:
             self._prompts.setdefault(obj.frame, []).append(obj)
             self._objects.setdefault(obj.obj_id, obj.label or "")
@@ -163,6 +180,8 @@ class VideoRun:
             self.state = tracker.start(
                 self.item.video_id, frame.image.shape[:2], num_frames=num_frames
             )
+            for obj_id, text in self._texts.items():
+                tracker.add_text(self.state, obj_id, text, label=text)
         index = self.state.next_frame_idx
         for obj in self._prompts.pop(frame.index, []):
             label = obj.label
@@ -194,16 +213,18 @@ class VideoRun:
         height, width = frame.image.shape[:2]
         ids = sorted(self._objects)
         masks = np.zeros((len(ids), height, width), bool)
-        scores = []
+        scores, states = [], []
         for n, obj_id in enumerate(ids):
             out = by_id.get(obj_id)
             if out is not None:
                 masks[n] = out.mask
             scores.append(float(out.predicted_iou) if out is not None else 0.0)
+            states.append(out.state if out is not None else DEFAULT_STATE)
         labels = [self._objects[i] for i in ids]
         assert self._writer is not None
         self._writer.add(
-            MaskRecord.from_masks(self.item.video_id, frame.index, ids, labels, scores, masks)
+            MaskRecord.from_masks(self.item.video_id, frame.index, ids, labels, scores, masks),
+            states,
         )
         self.frames += 1
 
