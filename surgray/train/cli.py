@@ -1,0 +1,163 @@
+"""`surgray train`: fine-tune on Ray Train from a YAML config (see configs/train_*.yaml).
+
+    surgray train --config configs/train_demo.yaml
+    surgray train --config configs/train_demo.yaml --set schedule.epochs=2 --check-only
+    ray job submit --working-dir . -- python jobs/train.py --config configs/train_demo.yaml
+
+`--set section.key=value` overrides one value (the value is read as YAML: numbers, booleans,
+lists). Checks run first (config keys, dataset, storage, initial weights); `--check-only` stops
+there. `--export PATH` copies the final model (our checkpoint format) to PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="training config YAML")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. schedule.epochs=3 (repeatable)",
+    )
+    parser.add_argument(
+        "--check-only", action="store_true", help="check config, data and storage, then exit"
+    )
+    parser.add_argument(
+        "--address", help="Ray cluster address (default: the job's cluster, or a local one)"
+    )
+    parser.add_argument("--export", help="copy the final model.pt to this path or URI")
+    parser.add_argument(
+        "--evaluate",
+        metavar="CHECKPOINT",
+        help="do not train: score CHECKPOINT (model.pt or a checkpoint folder) and the trivial "
+        "baselines on --eval-split of the config's data, first-frame mask prompt",
+    )
+    parser.add_argument("--eval-split", default="test", help="split to score (default test)")
+    parser.add_argument("--eval-videos", type=int, default=16)
+    parser.add_argument("--eval-frames", type=int, default=24)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`a.b.c=value` assignments applied to nested plain data (values parsed as YAML)."""
+    import yaml
+
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. schedule.epochs=3")
+        key, raw = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ValueError(f"--set {item!r}: empty key")
+        target = data
+        for part in parts[:-1]:
+            child = target.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"--set {item!r}: {part!r} is not a section")
+            target = child
+        target[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str, overrides: list[str]):
+    import yaml
+
+    from surgray.train.config import TrainConfig, TrainConfigError, parse_train_config
+
+    if not overrides:
+        return TrainConfig.from_yaml(path)
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle) or {}
+    except FileNotFoundError:
+        raise TrainConfigError(f"{path}: config file not found") from None
+    return parse_train_config(apply_overrides(data, overrides), source=path)
+
+
+def export_model(checkpoint, destination: str, storage_options=None) -> None:
+    """Copy `model.pt` of a Ray checkpoint to a path or URI."""
+    import fsspec
+
+    from surgray.train.checkpoints import MODEL_FILE
+
+    with checkpoint.as_directory() as folder:
+        with open(f"{folder}/{MODEL_FILE}", "rb") as source:
+            payload = source.read()
+    with fsspec.open(destination, "wb", **(storage_options or {})) as handle:
+        handle.write(payload)
+
+
+def evaluate_checkpoint(args: argparse.Namespace, config) -> int:
+    import time
+
+    from surgray.train.checkpoints import load_trained_model
+    from surgray.train.clip_data import open_videos
+    from surgray.train.validation import compare_with_baselines
+
+    started = time.monotonic()
+    model = load_trained_model(args.evaluate)
+    videos = open_videos(config.data, args.eval_split)
+    results = compare_with_baselines(videos, model, args.eval_videos, args.eval_frames)
+    for name, result in results.items():
+        print(
+            f"{name:>12}: J&F {result.jf:.4f}  J {result.j:.4f}  F {result.f:.4f}  "
+            f"({result.videos} videos, {result.objects} objects, {result.frames} frames)"
+        )
+    margin = results["model"].jf - max(results["repeat_first"].jf, results["empty"].jf)
+    print(f"margin over the best baseline: {margin:+.4f} ({time.monotonic() - started:.0f} s)")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from surgray.data.files import DatasetError
+    from surgray.train.config import TrainConfigError
+    from surgray.train.preflight import PreflightError, preflight
+
+    try:
+        config = load_config(args.config, args.overrides)
+        if args.address:
+            config = config.model_copy(
+                update={"scaling": config.scaling.model_copy(update={"address": args.address})}
+            )
+        if args.evaluate:
+            return evaluate_checkpoint(args, config)
+        report = preflight(config)
+    except (TrainConfigError, PreflightError, DatasetError, ValueError) as exc:
+        print(f"surgray train: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"surgray train: checks passed ({report.train_videos} training videos, "
+        f"{report.annotated_frames} annotated frames, {report.valid_videos} validation videos)",
+        flush=True,
+    )
+    if args.check_only:
+        return 0
+    from surgray.train.run import run_training
+
+    outcome = run_training(config, check=False)
+    result = outcome.result
+    if result.error is not None:
+        print(f"surgray train: training failed: {result.error}", file=sys.stderr)
+        return 1
+    print(f"surgray train: done; final metrics {outcome.metrics}", flush=True)
+    print(f"surgray train: latest checkpoint {outcome.checkpoint_path}", flush=True)
+    if args.export and result.checkpoint is not None:
+        export_model(result.checkpoint, args.export, config.checkpoint.storage_options)
+        print(f"surgray train: model exported to {args.export}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="surgray train", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,241 @@
+"""`TrainConfig`: everything a fine-tuning run needs, validated before any worker starts.
+
+One YAML file (see `configs/train_*.yaml`) maps onto these sections:
+
+    model        variant, image size, initial weights, new modules allowed to be missing
+    data         dataset kind and location, splits, image:video mix
+    sampling     clip sampling (SAM2, DiveMem hybrid, ReSurgSAM2 referring)
+    prompts      prompt simulation (`surgray.train.prompts.PromptSimConfig`)
+    loss         loss weights (`surgray.train.losses.LossConfig`)
+    optim        optimizer, schedule shape and freezing (`surgray.train.optim.OptimConfig`)
+    schedule     epochs, steps, limits, logging cadence
+    scaling      Ray Train workers
+    checkpoint   where checkpoints go, how many are kept, what to resume from
+    failure      how many worker failures to recover from
+    validation   J&F on a held-out split
+
+Unknown keys anywhere are errors; `from_yaml` and `parse_train_config` report every problem as
+`section.key: message` so a typo names itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from surgray.train.losses import LossConfig
+from surgray.train.optim import OptimConfig
+from surgray.train.prompts import PromptSimConfig
+
+SourceKind = Literal["synthetic", "sasv", "ref_endovis", "davis"]
+
+
+class TrainConfigError(ValueError):
+    """A training config that cannot run; the message names the offending keys."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Section):
+    variant: str = "micro"
+    image_size: int | None = Field(None, gt=0)  # None: the variant's own
+    # Nested changes to the variant's ModelConfig, e.g. {"memory": {"num_maskmem": 4}}.
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    init_checkpoint: str | None = None  # local path or fsspec URI; None: random weights
+    # Module prefixes that may be missing from `init_checkpoint` (new modules, e.g.
+    # "long_term_tpos_enc"); they keep their fresh initialisation.
+    init_from: tuple[str, ...] = ()
+    storage_options: dict[str, Any] | None = None
+
+
+class SyntheticSourceSection(_Section):
+    """Clips drawn on the fly by `surgray.data.synthetic` (no files needed)."""
+
+    train_videos: int = Field(16, ge=1)
+    valid_videos: int = Field(4, ge=1)
+    test_videos: int = Field(16, ge=1)  # the held-out split the demo's gates are measured on
+    num_frames: int = Field(24, ge=2)
+    height: int = Field(128, ge=32)
+    width: int = Field(128, ge=32)
+    seed: int = 0
+    vary: bool = True  # object counts and events differ per clip
+    events: bool = False  # leave-and-return, occlusion, smoke, motion blur
+
+
+class DataSection(_Section):
+    source: SourceKind = "synthetic"
+    root: str | None = None  # dataset folder or URI (all kinds but synthetic)
+    storage_options: dict[str, Any] | None = None
+    train_split: str = "train"
+    valid_split: str | None = "valid"
+    synthetic: SyntheticSourceSection = SyntheticSourceSection()
+    # Share of training samples that are single annotated frames (SAM2S mixes 1 image batch
+    # per 4 video batches: 0.2). Images are drawn from the training videos.
+    image_fraction: float = Field(0.0, ge=0, le=1)
+    object_ids: tuple[int, ...] | None = None  # train only on these ids (SAM2's used_object_ids)
+    # Videos checked frame by frame (sizes from file headers) before training; None: all.
+    preflight_videos: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _root_for_files(self) -> DataSection:
+        if self.source != "synthetic" and not self.root:
+            raise ValueError(f"data.root is required for source {self.source!r}")
+        return self
+
+
+class SamplingSection(_Section):
+    clip_length: int = Field(8, ge=1)  # SAM2: 8 frames
+    max_stride: int = Field(1, ge=1)  # SAM2 clips use a random stride in [1, max_stride]
+    max_objects: int = Field(3, ge=1)
+    reverse_prob: float = Field(0.0, ge=0, le=1)  # SAM2 clips played backwards
+    # DiveMem: share of video clips sampled hybrid (SAM2S mixes 1:1).
+    hybrid_fraction: float = Field(0.5, ge=0, le=1)
+    hybrid_random_frames: int = Field(3, ge=2)  # 1 conditioning + long-term frames
+    hybrid_consecutive_frames: int = Field(5, ge=1)
+    # ReSurgSAM2: share of video clips that are referring clips (needs a referring model).
+    referring_fraction: float = Field(0.0, ge=0, le=1)
+    referring_tracking_prob: float = Field(0.5, ge=0, le=1)  # tracking vs referring-only
+    referring_context_frames: int = Field(2, ge=0)
+    referring_context_window: int = Field(4, ge=0)
+    referring_tracking_frames: int = Field(7, ge=0)
+    referring_reverse_prob: float = Field(0.25, ge=0, le=1)
+    hflip_prob: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SamplingSection:
+        if self.hybrid_fraction + self.referring_fraction > 1:
+            raise ValueError(
+                "sampling.hybrid_fraction + sampling.referring_fraction must be <= 1, got "
+                f"{self.hybrid_fraction} + {self.referring_fraction}"
+            )
+        if self.referring_context_frames > self.referring_context_window:
+            raise ValueError(
+                f"sampling.referring_context_frames ({self.referring_context_frames}) must be <= "
+                f"sampling.referring_context_window ({self.referring_context_window})"
+            )
+        return self
+
+
+class ScheduleSection(_Section):
+    epochs: int = Field(10, ge=1)
+    steps_per_epoch: int = Field(100, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # stop early after this many steps in all
+    time_limit_s: float | None = Field(None, gt=0)  # stop after the step that crosses it
+    log_every: int = Field(10, ge=1)  # one log line per this many steps
+    seed: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        total = self.epochs * self.steps_per_epoch
+        return min(total, self.max_steps) if self.max_steps is not None else total
+
+
+class ScalingSection(_Section):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    torch_threads: int | None = Field(None, ge=1)  # None: max(1, floor(cpus_per_worker))
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, else gloo
+    bf16: bool = True  # autocast to bf16 on GPU (never on CPU)
+    address: str | None = None  # Ray cluster to join; None: the current or a local one
+
+
+class CheckpointSection(_Section):
+    storage_path: str = "./runs"  # local folder or s3://bucket/prefix
+    name: str = "surgray-train"
+    keep: int = Field(2, ge=1)
+    storage_options: dict[str, Any] | None = None
+    resume_from: str | None = None  # a checkpoint folder (local or URI) to start from
+    # Local file where every worker appends {pid, rank, epoch, step} lines (for monitoring
+    # and the fault-tolerance test); None: not written.
+    progress_file: str | None = None
+
+
+class FailureSection(_Section):
+    max_failures: int = Field(0, ge=-1)
+
+
+class ValidationSection(_Section):
+    every_epochs: int = Field(1, ge=0)  # 0: no validation
+    split: str | None = None  # None: data.valid_split
+    max_videos: int = Field(4, ge=1)
+    max_frames: int = Field(16, ge=2)
+    prompt: Literal["mask"] = "mask"  # first-frame mask prompt
+
+
+class TrainConfig(_Section):
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    sampling: SamplingSection = SamplingSection()
+    prompts: PromptSimConfig = PromptSimConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleSection = ScheduleSection()
+    scaling: ScalingSection = ScalingSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+    failure: FailureSection = FailureSection()
+    validation: ValidationSection = ValidationSection()
+
+    @model_validator(mode="after")
+    def _validation_split(self) -> TrainConfig:
+        if self.validation.every_epochs and self.validation_split is None:
+            raise ValueError(
+                "validation.every_epochs > 0 needs validation.split or data.valid_split"
+            )
+        if self.sampling.referring_fraction > 0 and self.data.source not in (
+            "ref_endovis",
+            "synthetic",
+        ):
+            raise ValueError(
+                "sampling.referring_fraction > 0 needs referring expressions: data.source "
+                f"must be ref_endovis or synthetic, got {self.data.source!r}"
+            )
+        return self
+
+    @property
+    def validation_split(self) -> str | None:
+        return self.validation.split or self.data.valid_split
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        import yaml
+
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise TrainConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise TrainConfigError(f"{path}: not valid YAML: {exc}") from exc
+        return parse_train_config(data or {}, source=str(path))
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    return f"{where}: {error['msg']}"
+
+
+def parse_train_config(data: Any, source: str = "config") -> TrainConfig:
+    """A `TrainConfig` from plain data; every problem is listed as `section.key: message`."""
+    if isinstance(data, TrainConfig):
+        return data
+    if not isinstance(data, dict):
+        raise TrainConfigError(
+            f"{source}: expected a mapping of sections, got {type(data).__name__}"
+        )
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise TrainConfigError(f"{source}: invalid training config: {problems}") from None

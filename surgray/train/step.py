@@ -1,0 +1,263 @@
+"""One training clip through the SAM2 network, as SAM2's training forward does it.
+
+`run_clip` follows `SAM2Train.forward_tracking` / `track_step` of facebookresearch/sam2:
+
+1. All frames go through the image encoder at once.
+2. The prompt plan (`prompts.plan_clip_prompts`) names the initial conditioning frames, which
+   are processed first and without memory: the ground-truth mask is taken as the output
+   (`use_mask_input_as_output_without_sam`), or one click / a noisy box is decoded.
+3. The other frames follow in clip order, each conditioned on the memories its objects hold
+   (`clip_memory.ClipMemory`: SAM2's selection, plus long-term frames for DiveMem clips).
+4. On frames to correct, correction clicks are sampled one at a time from the error of the
+   current mask (`prompts.correction_click`) and decoded again with all clicks so far and
+   the previous low-resolution logits as the mask prompt; the memory-conditioned features
+   are computed once per frame. Every decoder pass is a `DecoderStep` of the loss.
+5. The final mask of each frame is encoded into memory (sigmoid masks in training mode,
+   graph kept), as a conditioning memory when the plan says so.
+
+ReSurgSAM2 referring clips replace step 2 by a referring stage (text + CSTMamba, see
+`ReferringStage`) on the context and anchor frames; the anchor's output becomes the
+conditioning memory, and the frames after it are tracked. Every frame is supervised.
+
+The pieces used are the model's own heads (`run_sam_heads`, `mask_as_output`), memory readout
+and writer; `SAM2Model.track_frame` is the inference-side wrapper of the same pieces, but it
+keeps only the chosen candidate mask, while the loss needs every candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch import nn
+
+from surgray.model.frame_types import FrameFeatures, HeadsOutput
+from surgray.model.heads import mask_as_output, run_sam_heads, wants_multimask
+from surgray.model.memory_readout import condition_on_memory
+from surgray.model.memory_writer import encode_memory
+from surgray.tracking.memory.types import MemoryEntry
+from surgray.train.clicks import Clicks
+from surgray.train.clip_data import TrainingClip
+from surgray.train.clip_memory import ClipMemory
+from surgray.train.losses import DecoderStep, FramePrediction, FrameTarget, LossBreakdown, SAM2Loss
+from surgray.train.prompts import (
+    ClipPromptPlan,
+    PromptSimConfig,
+    correction_click,
+    initial_prompt,
+    plan_clip_prompts,
+)
+
+if TYPE_CHECKING:
+    from surgray.model.sam2 import SAM2Model
+
+
+class ReferringStage(Protocol):
+    """Text-referred masks on frames without memory (ReSurgSAM2's stage 1).
+
+    Called with the model, the features of the context frames then the anchor frame (batch 1
+    each) and one expression per object; returns one `HeadsOutput` per frame for the N objects.
+    """
+
+    def __call__(
+        self, model: SAM2Model, frames: list[FrameFeatures], expressions: list[str]
+    ) -> list[HeadsOutput]: ...
+
+
+@dataclass
+class ClipOutput:
+    loss: LossBreakdown
+    predictions: list[FramePrediction]  # in clip order
+    final_masks: torch.Tensor  # [T, N, S, S] bool, the kept mask of each frame (detached)
+    plan: ClipPromptPlan | None  # None for referring clips
+    decoder_passes: int
+
+
+def _click_tuple(clicks: Clicks | None, device: torch.device):
+    if clicks is None:
+        return None
+    return clicks.coords.to(device), clicks.labels.to(device)
+
+
+class _ClipRun:
+    """State of one clip while it is processed (features, memories, outputs)."""
+
+    def __init__(self, model: SAM2Model, clip: TrainingClip, prompts: PromptSimConfig, generator):
+        self.model = model
+        self.clip = clip
+        self.prompts = prompts
+        self.generator = generator
+        self.count = clip.num_objects
+        self.features = model.encode_frames(clip.images)
+        self.memory = ClipMemory(model.cfg, self.count, clip.num_frames)
+        self.predictions: dict[int, FramePrediction] = {}
+        self.final: dict[int, torch.Tensor] = {}
+
+    def fused(self, t: int, feats: FrameFeatures, with_memory: bool) -> torch.Tensor:
+        selections = self.memory.select(t) if with_memory else [None] * self.count
+        return condition_on_memory(
+            self.model, feats.image_embed, feats.image_pos, selections, self.clip.num_frames
+        )
+
+    def decode(
+        self,
+        fused: torch.Tensor,
+        feats: FrameFeatures,
+        clicks: Clicks | None,
+        mask_prompt: torch.Tensor | None,
+        has_memory: bool,
+    ) -> HeadsOutput:
+        num_clicks = 0 if clicks is None else clicks.num_clicks
+        multimask = wants_multimask(self.model, has_memory, num_clicks)
+        return run_sam_heads(
+            self.model,
+            fused,
+            feats.high_res,
+            _click_tuple(clicks, fused.device),
+            mask_prompt,
+            multimask,
+        )
+
+    def frame(self, t: int, plan: ClipPromptPlan) -> None:
+        """Steps 2-5 of the module docstring for clip position t."""
+        model, gt = self.model, self.clip.masks[t]
+        feats = self.features[t].expand(self.count)
+        is_init = t in plan.init_cond_frames
+        clicks: Clicks | None = None
+        fused = None
+        if is_init and not plan.use_point_input:
+            masks = gt[:, None].float()
+            if model.cfg.memory.use_mask_input_as_output_without_sam:
+                heads = mask_as_output(model, feats.image_embed, feats.high_res, masks)
+            else:
+                fused = self.fused(t, feats, with_memory=False)
+                heads = self.decode(fused, feats, None, masks, has_memory=False)
+        else:
+            fused = self.fused(t, feats, with_memory=not is_init)
+            if is_init:
+                clicks = initial_prompt(gt, True, self.prompts, self.generator).clicks
+            heads = self.decode(fused, feats, clicks, None, has_memory=not is_init)
+        steps = [DecoderStep.from_heads(heads)]
+        if t in plan.frames_to_correct and fused is not None:
+            for _ in range(self.prompts.num_correction_clicks):
+                new = correction_click(
+                    gt, heads.high_res_masks.detach(), self.prompts, self.generator
+                )
+                clicks = new if clicks is None else clicks.then(new)
+                heads = self.decode(fused, feats, clicks, heads.low_res_masks, not is_init)
+                steps.append(DecoderStep.from_heads(heads))
+        self.finish(t, feats, heads, steps, prompted=is_init or clicks is not None,
+                    conditioning=plan.is_conditioning(t))  # fmt: skip
+
+    def finish(
+        self,
+        t: int,
+        feats: FrameFeatures,
+        heads: HeadsOutput,
+        steps: list[DecoderStep],
+        prompted: bool,
+        conditioning: bool,
+    ) -> None:
+        self.predictions[t] = FramePrediction(steps)
+        self.final[t] = (heads.high_res_masks[:, 0] > 0).detach()
+        model = self.model
+        if model.cfg.memory.num_maskmem == 0:
+            return
+        flags = torch.full(
+            (self.count,), prompted, dtype=torch.bool, device=feats.image_embed.device
+        )
+        memory = encode_memory(
+            model, feats.image_embed, heads.high_res_masks, heads.object_score_logits, flags
+        )
+        ious = heads.predicted_iou.detach().float().cpu().tolist()
+        scores = heads.object_score_logits.detach().float().reshape(-1).cpu().tolist()
+        entries = [
+            MemoryEntry(t, memory[i], heads.obj_ptr[i], conditioning, ious[i], scores[i])
+            for i in range(self.count)
+        ]
+        self.memory.add(entries, long_term=t in self.clip.long_term)
+
+    def referring(self, stage: ReferringStage) -> None:
+        staged = list(self.clip.context) + [self.clip.anchor]
+        outputs = stage(self.model, [self.features[p] for p in staged], list(self.clip.expressions))
+        if len(outputs) != len(staged):
+            raise ValueError(
+                f"the referring stage returned {len(outputs)} outputs for {len(staged)} frames"
+            )
+        for p, heads in zip(staged, outputs):
+            steps = [DecoderStep.from_heads(heads)]
+            if p == self.clip.anchor:
+                feats = self.features[p].expand(self.count)
+                self.finish(p, feats, heads, steps, prompted=True, conditioning=True)
+            else:
+                self.predictions[p] = FramePrediction(steps)
+                self.final[p] = (heads.high_res_masks[:, 0] > 0).detach()
+        for t in range(self.clip.anchor + 1, self.clip.num_frames):
+            feats = self.features[t].expand(self.count)
+            heads = self.decode(self.fused(t, feats, True), feats, None, None, has_memory=True)
+            self.finish(t, feats, heads, [DecoderStep.from_heads(heads)], False, False)
+
+
+def run_clip(
+    model: SAM2Model,
+    clip: TrainingClip,
+    prompts: PromptSimConfig,
+    loss_fn: SAM2Loss,
+    generator: torch.Generator,
+    num_objects: float | None = None,
+    referring: ReferringStage | None = None,
+) -> ClipOutput:
+    """Forward one clip and its loss (see the module docstring).
+
+    `num_objects` is the loss normaliser (`losses.average_object_count` under DDP); by default
+    each frame's own object count. `generator` drives prompt simulation.
+    """
+    if clip.num_objects == 0:
+        raise ValueError(f"clip of {clip.video_id!r} has no object to train on")
+    run = _ClipRun(model, clip, prompts, generator)
+    plan = None
+    if clip.kind == "referring":
+        if referring is None:
+            raise ValueError(
+                "referring clips need a referring stage (text encoder + CSTMamba); set "
+                "sampling.referring_fraction to 0 or train a model that has one"
+            )
+        run.referring(referring)
+    else:
+        plan = plan_clip_prompts(clip.num_frames, prompts, generator)
+        for t in plan.processing_order:
+            run.frame(t, plan)
+    order = range(clip.num_frames)
+    predictions = [run.predictions[t] for t in order]
+    targets = [FrameTarget(masks=clip.masks[t]) for t in order]
+    loss = loss_fn(predictions, targets, num_objects=num_objects)
+    return ClipOutput(
+        loss=loss,
+        predictions=predictions,
+        final_masks=torch.stack([run.final[t] for t in order]),
+        plan=plan,
+        decoder_passes=sum(len(p.steps) for p in predictions),
+    )
+
+
+class ClipTrainer(nn.Module):
+    """The model and its loss as one module whose `forward` runs a clip, so DDP sees every
+    parameter use inside `forward` (SAM2Model itself has no single forward)."""
+
+    def __init__(self, model: SAM2Model, prompts: PromptSimConfig, loss_fn: SAM2Loss) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.prompts = prompts
+
+    def forward(
+        self,
+        clip: TrainingClip,
+        generator: torch.Generator,
+        num_objects: float | None = None,
+        referring: ReferringStage | None = None,
+    ) -> ClipOutput:
+        return run_clip(
+            self.model, clip, self.prompts, self.loss_fn, generator, num_objects, referring
+        )

@@ -1,0 +1,172 @@
+"""J&F on a held-out split: semi-supervised tracking from a first-frame mask prompt.
+
+For each video, the objects visible on its first annotated frame are prompted with their
+ground-truth masks there and tracked through the next frames, one frame at a time, with SAM2's
+`recent` memory policy at its inference settings (`SAM2Model.track_frame` in eval mode).
+Predictions are brought back to the video's resolution and scored with the surgical
+evaluators' protocol (`surgray.eval.evaluate.SURGSAM2_PROTOCOL`: first and last frame skipped,
+per-object means, then the mean over objects). Objects that only appear later are left out of
+the ground truth, since nothing prompted them.
+
+The trivial baselines of the demo gates are scored the same way: repeating the first-frame
+mask on every frame, and predicting nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from surgray.eval.evaluate import SURGSAM2_PROTOCOL, VideoInput, evaluate
+from surgray.model.frame_types import ObjectPrompt
+from surgray.model.preprocess import to_model_input
+from surgray.tracking.memory.base import build_policy
+from surgray.tracking.memory.config import RecentPolicyConfig
+from surgray.train.clip_data import TrainVideo
+
+Predictor = Literal["model", "repeat_first", "empty"]
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    jf: float
+    j: float
+    f: float
+    videos: int
+    objects: int
+    frames: int
+
+    def as_metrics(self, prefix: str = "val_") -> dict[str, float]:
+        return {
+            f"{prefix}jf": self.jf,
+            f"{prefix}j": self.j,
+            f"{prefix}f": self.f,
+            f"{prefix}objects": float(self.objects),
+        }
+
+
+def inference_policy_config(model) -> RecentPolicyConfig:
+    cfg = model.cfg
+    return RecentPolicyConfig(
+        num_maskmem=max(cfg.memory.num_maskmem, 1),
+        use_obj_ptrs=cfg.object_pointer.use_obj_ptrs_in_encoder,
+        max_obj_ptrs=cfg.object_pointer.max_obj_ptrs_in_encoder,
+        temporal_stride=cfg.memory.memory_temporal_stride_for_eval,
+        max_cond_frames_in_attn=cfg.memory.max_cond_frames_in_attn,
+        only_past_pointers=cfg.object_pointer.only_obj_ptrs_in_the_past_for_eval,
+    )
+
+
+@torch.no_grad()
+def track_from_first_mask(
+    model, frames: np.ndarray, first_masks: np.ndarray, chunk: int = 8
+) -> np.ndarray:
+    """[T, H, W, 3] uint8 frames and [N, H, W] bool first-frame masks -> [T, N, H, W] bool."""
+    was_training = model.training
+    model.eval()
+    device = model.device
+    height, width = frames.shape[1:3]
+    count = first_masks.shape[0]
+    policies = [build_policy(inference_policy_config(model)) for _ in range(count)]
+    out_masks = np.zeros((frames.shape[0], count, height, width), dtype=bool)
+    try:
+        for start in range(0, frames.shape[0], chunk):
+            images = to_model_input(
+                frames[start : start + chunk],
+                model.image_size,
+                model.cfg.image_mean,
+                model.cfg.image_std,
+            ).to(device)
+            backbone = model.encode_images(images)
+            for k in range(images.shape[0]):
+                t = start + k
+                feats = model.frame_features(backbone, k)
+                if t == 0:
+                    prompts = [
+                        ObjectPrompt(mask=torch.from_numpy(m).to(device)) for m in first_masks
+                    ]
+                    selections = [None] * count
+                else:
+                    prompts = None
+                    selections = [p.select(t) for p in policies]
+                out = model.track_frame(feats, selections, t, prompts=prompts)
+                for i, policy in enumerate(policies):
+                    policy.add(out.entry(i))
+                logits = F.interpolate(
+                    out.low_res_masks.float(),
+                    size=(height, width),
+                    mode="bilinear",
+                    align_corners=False,
+                )
+                out_masks[t] = (logits[:, 0] > 0).cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out_masks
+
+
+def _predict(predictor: Predictor, model, frames: np.ndarray, first: np.ndarray) -> np.ndarray:
+    count, (height, width) = first.shape[0], first.shape[1:]
+    if predictor == "model":
+        return track_from_first_mask(model, frames, first)
+    if predictor == "repeat_first":
+        return np.broadcast_to(first[None], (frames.shape[0], count, height, width))
+    if predictor == "empty":
+        return np.zeros((frames.shape[0], count, height, width), dtype=bool)
+    raise ValueError(f"unknown predictor {predictor!r}")
+
+
+def validate(
+    videos: Sequence[TrainVideo],
+    model=None,
+    max_videos: int = 4,
+    max_frames: int = 16,
+    predictor: Predictor = "model",
+) -> ValidationResult:
+    """J&F over the first `max_videos` videos (first `max_frames` annotated frames each)."""
+    inputs = []
+    for video in list(videos)[:max_videos]:
+        positions = tuple(range(min(max_frames, video.num_frames)))
+        if len(positions) < 3:
+            continue  # the protocol skips the first and last frame: nothing left to score
+        frames, ids = video.load(positions)
+        prompted = [int(v) for v in np.unique(ids[0]) if v != 0]
+        if not prompted:
+            continue
+        first = np.stack([ids[0] == obj for obj in prompted])
+        predicted = _predict(predictor, model, frames, first)
+        gt = np.where(np.isin(ids, prompted), ids, 0)
+        names = tuple(f"{p:05d}" for p in positions)
+
+        def load(name, gt=gt, predicted=predicted, prompted=prompted):
+            t = int(name)
+            return gt[t], {obj: predicted[t, i] for i, obj in enumerate(prompted)}
+
+        inputs.append(VideoInput(video.video_id, names, load))
+    if not inputs:
+        raise ValueError("validation: no video with at least 3 frames and an object on frame 0")
+    report = evaluate(inputs, SURGSAM2_PROTOCOL)
+    overall = report.overall
+    return ValidationResult(
+        jf=float(overall.jf),
+        j=float(overall.j),
+        f=float(overall.f),
+        videos=len(inputs),
+        objects=overall.objects,
+        frames=overall.frames,
+    )
+
+
+def compare_with_baselines(
+    videos: Sequence[TrainVideo], model, max_videos: int = 16, max_frames: int = 24
+) -> dict[str, ValidationResult]:
+    """The model and both trivial baselines on the same videos (the demo checkpoint's gates:
+    J&F >= 0.70 and at least 0.15 above the better baseline)."""
+    return {
+        name: validate(videos, model, max_videos, max_frames, predictor=name)
+        for name in ("model", "repeat_first", "empty")
+    }
