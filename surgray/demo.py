@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 DEMO_ASSETS = Path(__file__).parent / "assets" / "demo"
-DEMO_CHECKPOINT = DEMO_ASSETS / "demo_tracker.pt"
+DEMO_CHECKPOINT = DEMO_ASSETS / "model.pt"
 VIDEO_ID = "synthetic-case-0"
 
 
