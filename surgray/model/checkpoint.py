@@ -22,6 +22,7 @@ Modules without a published checkpoint (their keys are ours; add a row when addi
 |                      | projection, class token, | released ReSurgSAM2 checkpoints lay it out   |
 |                      | blocks, language fusion  | differently: table in `referring_checkpoint` |
 | `semantic_head`      | SAM2S TSL head           | `ReferringConfig.semantic_head` is set       |
+| `text_tower`         | small CLIP text tower    | `ReferringConfig.text_tower` is set          |
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ from surgray.model.sam2 import SAM2Model
 log = logging.getLogger(__name__)
 
 # Keys of modules no published checkpoint has (see the table above); `init_from` default.
-NEW_MODULE_PREFIXES: tuple[str, ...] = ("long_term_tpos_enc", "cross_modal_fusion", "semantic_head")
+NEW_MODULE_PREFIXES: tuple[str, ...] = (
+    "long_term_tpos_enc",
+    "cross_modal_fusion",
+    "semantic_head",
+    "text_tower",
+)
 METADATA_KEY = "surgray"
 _SHOWN = 5  # keys named per kind of problem
 

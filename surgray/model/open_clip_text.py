@@ -80,6 +80,38 @@ _BLOCK_KEYS = {
 _BLOCK = re.compile(r"transformer\.resblocks\.(\d+)\.(.+)")
 
 
+def clip_text_config(
+    *,
+    vocab_size: int,
+    width: int,
+    mlp_width: int,
+    layers: int,
+    heads: int,
+    context_length: int,
+    activation: str,
+    bos_token_id: int,
+    eos_token_id: int,
+    projection_dim: int,
+):
+    """transformers' CLIPTextConfig for a CLIP text tower of these sizes (padding with the
+    end-of-text token, as CLIP's tokenizer does)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=width,
+        intermediate_size=mlp_width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=context_length,
+        hidden_act=activation,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id,
+        projection_dim=projection_dim,
+    )
+
+
 def build_clip_text_model(
     state_dict: dict[str, torch.Tensor],
     num_heads: int | None,
@@ -89,7 +121,7 @@ def build_clip_text_model(
     vocab_size: int,
 ):
     """A CLIPTextModel (and the text projection, if any) holding an open_clip text tower."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     sd = _text_tower_keys(state_dict)
     for needed in ("token_embedding.weight", "positional_embedding", "ln_final.weight"):
@@ -104,17 +136,16 @@ def build_clip_text_model(
     if layers != list(range(len(layers))) or not layers:
         raise KeyError(f"open_clip state dict has resblocks {layers}, expected 0..N-1")
     heads = num_heads if num_heads is not None else max(1, width // 64)
-    config = CLIPTextConfig(
+    config = clip_text_config(
         vocab_size=rows,
-        hidden_size=width,
-        intermediate_size=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-        num_hidden_layers=len(layers),
-        num_attention_heads=heads,
-        max_position_embeddings=sd["positional_embedding"].shape[0],
-        hidden_act=activation,
+        width=width,
+        mlp_width=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        layers=len(layers),
+        heads=heads,
+        context_length=sd["positional_embedding"].shape[0],
+        activation=activation,
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
-        pad_token_id=eos_token_id,
         projection_dim=sd["text_projection"].shape[1] if "text_projection" in sd else width,
     )
     model = CLIPTextModel(config)

@@ -10,8 +10,17 @@ work unchanged) with two more parts:
 - `semantic_head` (optional): SAM2S's temporal semantic learning head, which names the
   category of a tracked object among `ReferringConfig.categories`.
 
-The CLIP text encoder is frozen and never saved, so it is held outside the module tree (not
-in `state_dict()` or `parameters()`), but follows the model across `.to(device)`.
+The text features come from one of two places:
+
+- `ReferringConfig.text_encoder`: the published setting, a frozen CLIP text encoder loaded from
+  a folder. It is never saved, so it is held outside the module tree (not in `state_dict()` or
+  `parameters()`), but follows the model across `.to(device)`.
+- `ReferringConfig.text_tower`: a small CLIP-architecture tower built fresh and registered as
+  the submodule `text_tower` (`surgray.model.text_tower`), so it is trained with the fusion,
+  saved in the checkpoint and moved, cast and all-reduced like any other part. In training
+  mode its features carry gradients and no cache is used; in eval mode they are cached, and
+  the caches are dropped on `train()`/`eval()`, on a state-dict load and on any in-place
+  weight update.
 
 Stage 1 for N expressions on one frame (`refer`): CSTMamba fuses the texts with the frame's
 stride-16 features and those of up to two earlier frames; the fused map gets the no-memory
@@ -24,10 +33,11 @@ one with the highest predicted IoU is kept.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from surgray.model.config import ModelConfig
 from surgray.model.cstmamba import CSTMamba, CSTMambaConfig
@@ -37,6 +47,7 @@ from surgray.model.memory_readout import condition_on_memory
 from surgray.model.sam2 import SAM2Model
 from surgray.model.semantic_head import SemanticHead, SemanticHeadConfig
 from surgray.model.text_encoder import TextEncoder, TextFeatures
+from surgray.model.text_tower import TextTowerConfig, build_text_tower
 from surgray.tracking.cifs import CIFSConfig
 
 
@@ -48,11 +59,25 @@ class ReferringConfig(BaseModel):
     fusion: CSTMambaConfig = CSTMambaConfig()
     # transformers CLIP text directory (config.json, weights, tokenizer files): local or URI.
     text_encoder: str | None = None
+    # Or a small tower trained and saved with the model (exclusive with text_encoder).
+    text_tower: TextTowerConfig | None = None
     text_overflow: Literal["truncate", "error"] = "truncate"
     text_cache_size: int = Field(1024, ge=1)
     semantic_head: SemanticHeadConfig | None = None
     categories: tuple[str, ...] = ()  # names the semantic head chooses among
     cifs: CIFSConfig = CIFSConfig()  # default stage switch of text objects in the tracker
+
+    @model_validator(mode="after")
+    def _one_text_source(self) -> ReferringConfig:
+        if self.text_encoder is not None and self.text_tower is not None:
+            raise ValueError(_BOTH_TEXT_SOURCES)
+        return self
+
+
+_BOTH_TEXT_SOURCES = (
+    "text_encoder and text_tower are both set: use text_encoder for a frozen CLIP folder or "
+    "text_tower for a tower trained inside the model, not both"
+)
 
 
 def check_referring_config(cfg: ModelConfig, referring: ReferringConfig) -> None:
@@ -68,6 +93,21 @@ def check_referring_config(cfg: ModelConfig, referring: ReferringConfig) -> None
             problems.append(f"semantic_head.d_model {head.d_model} != {cfg.hidden_dim}")
         if head.memory_dim != cfg.mem_dim:
             problems.append(f"semantic_head.memory_dim {head.memory_dim} != {cfg.mem_dim}")
+    tower = referring.text_tower
+    if tower is not None:
+        if referring.text_encoder is not None:  # model_copy(update=...) skips the validator
+            problems.append(_BOTH_TEXT_SOURCES)
+        if referring.fusion.text_dim != tower.token_width:
+            problems.append(
+                f"fusion.text_dim {referring.fusion.text_dim} != text_tower.width "
+                f"{tower.token_width}"
+            )
+        if head is not None and head.text_dim != tower.embedding_width:
+            source = "projection_dim" if tower.projection_dim is not None else "width"
+            problems.append(
+                f"semantic_head.text_dim {head.text_dim} != text_tower.{source} "
+                f"{tower.embedding_width}"
+            )
     if referring.categories and head is None:
         problems.append("categories are given but there is no semantic_head to choose among them")
     if len(set(referring.categories)) != len(referring.categories):
@@ -96,13 +136,22 @@ class ReSurgSAM2(SAM2Model):
         # A list, not an attribute: nn.Module would register the encoder as a submodule and
         # its (frozen, never saved) CLIP weights would enter state_dict() and parameters().
         self._text_slot: list[TextEncoder] = []
-        self._category_cache: tuple[torch.Tensor, torch.device] | None = None
+        self._category_cache: _CategoryCache | None = None
+        self.text_tower: TextEncoder | None = None
+        if referring.text_tower is not None:
+            # A real submodule: trained, saved (`text_tower.*`), moved and all-reduced.
+            self.text_tower = build_text_tower(
+                referring.text_tower, referring.text_cache_size, referring.text_overflow
+            )
         if text_encoder is not None:
             self.text_encoder = text_encoder
 
     # ----------------------------------------------------------------- text
     @property
     def text_encoder(self) -> TextEncoder | None:
+        """The encoder `encode_text` uses: the embedded tower, else the attached frozen one."""
+        if self.text_tower is not None:
+            return self.text_tower
         return self._text_slot[0] if self._text_slot else None
 
     def __setattr__(self, name: str, value) -> None:
@@ -119,6 +168,11 @@ class ReSurgSAM2(SAM2Model):
         self._category_cache = None
         if encoder is None:
             return
+        if self.text_tower is not None:
+            raise ValueError(
+                "this ReSurgSAM2 embeds its own text tower (ReferringConfig.text_tower): it "
+                "takes no external text encoder"
+            )
         width = self.referring_cfg.fusion.text_dim
         if encoder.width != width:
             raise ValueError(
@@ -128,7 +182,10 @@ class ReSurgSAM2(SAM2Model):
         self._text_slot.append(encoder.to(self.device))
 
     def load_text_encoder(self, storage_options: dict | None = None) -> TextEncoder:
-        """Load `referring_cfg.text_encoder` (a transformers CLIP text directory or URI)."""
+        """Load `referring_cfg.text_encoder` (a transformers CLIP text directory or URI); with
+        an embedded text tower there is nothing to load and the tower is returned."""
+        if self.text_tower is not None:
+            return self.text_tower
         source = self.referring_cfg.text_encoder
         if source is None:
             raise ValueError("ReferringConfig.text_encoder is not set: no CLIP directory to load")
@@ -148,13 +205,23 @@ class ReSurgSAM2(SAM2Model):
         self._category_cache = None
         return self
 
+    def train(self, mode: bool = True) -> ReSurgSAM2:
+        self._category_cache = None  # trained weights make cached category embeddings stale
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._category_cache = None
+        super()._load_from_state_dict(*args, **kwargs)
+
     def encode_text(self, texts: Sequence[str]) -> TextFeatures:
-        """CLIP features of N expressions (cached per expression by the text encoder)."""
+        """CLIP features of N expressions: cached per expression by the text encoder, except
+        for an embedded tower in training mode (then they carry gradients)."""
         encoder = self.text_encoder
         if encoder is None:
             raise RuntimeError(
                 "this ReSurgSAM2 has no text encoder: set ReferringConfig.text_encoder and call "
-                "load_text_encoder(), or assign model.text_encoder"
+                "load_text_encoder(), set ReferringConfig.text_tower, or assign "
+                "model.text_encoder"
             )
         return encoder.encode(list(texts))
 
@@ -203,13 +270,25 @@ class ReSurgSAM2(SAM2Model):
         names = self.referring_cfg.categories
         if not names:
             raise ValueError("ReferringConfig.categories is empty: nothing to classify into")
+        tower = self.text_tower
+        if tower is not None and tower.uses_autograd:
+            text = self.encode_text(names)  # fresh, with gradients: never cached
+            return text.projected if text.projected is not None else text.pooled
+        version = tower.weights_version() if tower is not None else ()
         cached = self._category_cache
-        if cached is not None and cached[1] == self.device:
-            return cached[0]
+        if cached is not None and cached.device == self.device and cached.version == version:
+            return cached.embeddings
         text = self.encode_text(names)
         embeddings = text.projected if text.projected is not None else text.pooled
-        self._category_cache = (embeddings, self.device)
+        self._category_cache = _CategoryCache(embeddings, self.device, version)
         return embeddings
+
+
+@dataclass(frozen=True)
+class _CategoryCache:
+    embeddings: torch.Tensor
+    device: torch.device
+    version: tuple[int, ...]  # the embedded tower's weights_version(); () for a frozen encoder
 
 
 def _default_referring(cfg: ModelConfig) -> ReferringConfig:

@@ -21,7 +21,9 @@ A_b_log`, `mlp.dwconv.dwconv`, ...), so no deeper renaming is needed. Anything e
 strictly (`surgray.model.checkpoint.check_state_dict`): a missing, unexpected or misshapen key
 raises `CheckpointMismatchError`. Our own checkpoints (`save_referring_checkpoint`) are in our
 layout and carry the referring config in their metadata, so `build_resurgsam2` can rebuild the
-model from the file alone.
+model from the file alone. A model with an embedded text tower (`ReferringConfig.text_tower`)
+saves it under `text_tower.` like any other part; the released layout has no such keys (its
+CLIP is frozen and dropped), so `init_from` with `text_tower` starts one fresh.
 """
 
 from __future__ import annotations
@@ -135,7 +137,8 @@ def save_referring_checkpoint(
     storage_options: dict[str, Any] | None = None,
     extra_metadata: dict[str, Any] | None = None,
 ) -> None:
-    """Our layout, with the referring config in the metadata (the text encoder is not saved)."""
+    """Our layout, with the referring config in the metadata (a frozen text encoder is not
+    saved; an embedded text tower is, under `text_tower.`)."""
     metadata = {REFERRING_METADATA_KEY: model.referring_cfg.model_dump_json()}
     save_checkpoint(model, destination, storage_options, metadata | (extra_metadata or {}))
 
@@ -154,7 +157,8 @@ def build_resurgsam2(
     """A `ReSurgSAM2` in eval mode, with weights from `checkpoint` when given.
 
     referring: None takes the config saved in our checkpoint's metadata, else the default.
-    load_text_encoder: load `referring.text_encoder` when it is set.
+    load_text_encoder: load `referring.text_encoder` when it is set (an embedded text tower
+    needs no loading: its weights are in the checkpoint).
     """
     if isinstance(variant_or_config, ModelConfig):
         cfg = variant_or_config

@@ -11,6 +11,12 @@ end-of-text token last, with a `UserWarning` naming the expression; `overflow="e
 a `ValueError` instead. Referring expressions are a handful of words, so a longer one is almost
 surely a mistake worth hearing about, but not worth failing a whole video over.
 
+A `TextEncoder` built with `trainable=True` (the small tower ReSurgSAM2 can embed and train,
+`surgray.model.text_tower`) follows its parent's train/eval mode instead: in training mode
+`encode` runs with autograd and never touches the cache; in eval mode it caches as above, and
+the cache is emptied whenever the weights may have changed (`train()`/`eval()`, a state-dict
+load, or any in-place update of a parameter such as an optimizer step).
+
 transformers is imported only inside the functions that need it, so `surgray.model` stays light.
 """
 
@@ -64,7 +70,10 @@ class _Encoded:
 
 
 class TextEncoder(nn.Module):
-    """A frozen CLIP text transformer with its tokenizer and an LRU cache per expression."""
+    """A CLIP text transformer with its tokenizer and an LRU cache per expression.
+
+    Frozen unless `trainable` (see the module docstring).
+    """
 
     def __init__(
         self,
@@ -73,13 +82,15 @@ class TextEncoder(nn.Module):
         projection: nn.Linear | None = None,
         cache_size: int = 1024,
         overflow: Overflow = "truncate",
+        trainable: bool = False,
     ) -> None:
         super().__init__()
         if overflow not in ("truncate", "error"):
             raise ValueError(f"overflow must be 'truncate' or 'error', got {overflow!r}")
         if cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
-        self.model = model.eval()
+        self.trainable = trainable
+        self.model = model if trainable else model.eval()
         self.tokenizer = tokenizer
         self.projection = projection
         self.context_length = int(model.config.max_position_embeddings)
@@ -89,12 +100,21 @@ class TextEncoder(nn.Module):
         self._cache: OrderedDict[str, _Encoded] = OrderedDict()
         self._hits = 0
         self._misses = 0
-        for p in self.parameters():
-            p.requires_grad_(False)
+        self._cached_version: tuple[int, ...] | None = None
+        if not trainable:
+            for p in self.parameters():
+                p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> TextEncoder:
-        # Frozen: dropout stays off whatever the surrounding model does.
-        return super().train(False)
+        if not self.trainable:
+            # Frozen: dropout stays off whatever the surrounding model does.
+            return super().train(False)
+        self._cache.clear()  # the weights may have moved since the cache was filled
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn, *args, **kwargs):
         # .to(device) / .half(): cached features would keep the old device and dtype.
@@ -166,18 +186,31 @@ class TextEncoder(nn.Module):
 
     # ---------------------------------------------------------------- encoding
 
-    @torch.no_grad()
+    @property
+    def uses_autograd(self) -> bool:
+        """True while `encode` runs the tower with gradients and bypasses the cache."""
+        return self.trainable and self.training
+
+    def weights_version(self) -> tuple[int, ...]:
+        """Changes whenever a parameter is modified in place (optimizer steps, loads)."""
+        # Tensor._version is autograd's in-place counter: optimizer updates and
+        # load_state_dict copies bump it, so a cache keyed on it never serves stale weights.
+        return tuple(p._version for p in self.parameters())
+
     def encode(self, texts: list[str]) -> TextFeatures:
-        """Encode N texts; repeated expressions come from the cache."""
-        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
-            raise TypeError("texts must be a list of strings")
-        if not texts:
-            raise ValueError("texts is empty: give at least one expression")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
-            if not text.strip():
-                raise ValueError(f"texts[{i}] is empty: a referring expression needs words")
+        """Encode N texts; repeated expressions come from the cache (outside training)."""
+        _check_texts(texts)
+        if self.uses_autograd:
+            return _pad(self._run(list(texts)))
+        with torch.no_grad():
+            return self._encode_cached(list(texts))
+
+    def _encode_cached(self, texts: list[str]) -> TextFeatures:
+        if self.trainable:
+            version = self.weights_version()
+            if version != self._cached_version:
+                self._cache.clear()
+                self._cached_version = version
         found: dict[str, _Encoded] = {}
         for text in dict.fromkeys(texts):
             if text in self._cache:
@@ -236,6 +269,18 @@ class TextEncoder(nn.Module):
         self._cache[text] = encoded
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+
+def _check_texts(texts) -> None:
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise TypeError("texts must be a list of strings")
+    if not texts:
+        raise ValueError("texts is empty: give at least one expression")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+        if not text.strip():
+            raise ValueError(f"texts[{i}] is empty: a referring expression needs words")
 
 
 def _pad(entries: list[_Encoded]) -> TextFeatures:
