@@ -1,29 +1,37 @@
-"""`surgray demo`: the whole annotation pipeline on a generated surgical clip, on a local Ray.
+"""`surgray demo`: the annotation job on a generated surgical clip, prompted by text and by masks.
 
 1. Generates a seeded synthetic surgical clip (instruments, tissue, an instrument leaving and
-   coming back, occlusion, smoke) with its ground truth.
-2. Writes the clip as MP4 and a manifest that prompts every object visible on the first frame
-   with its ground-truth mask (the semi-supervised VOS protocol of SurgSAM2).
-3. Runs the annotation job (`surgray.annotate`, Ray Data + an actor pool) on a local Ray.
-4. Scores the masks against the ground truth (J, F, J&F) and prints where everything is.
+   coming back, occlusion, smoke) with its ground truth and one referring expression per object.
+2. Starts a local Ray once and runs the annotation job (`surgray.annotate`: Ray Data + an actor
+   pool) twice on the clip, each run in its own folder:
+   text  the manifest row gives the clip's referring expressions (ReSurgSAM2: the model finds
+         each object from its expression, then tracks it);
+   mask  the manifest row prompts every object visible on the first frame with its
+         ground-truth mask (the semi-supervised protocol of SurgSAM2).
+3. Scores each run against the ground truth (J, F, J&F; a text object is scored against the
+   object its expression was written for) and prints where the masks and exports are.
 
-Weights: the shipped demo checkpoint when the package has one (`surgray/assets/demo/`), else a
-random-weight micro model, and the demo says so: its masks are then meaningless, the run
-still exercises every stage for real.
+Weights: `--checkpoint`, else the shipped referring checkpoint (`assets/demo/referring.pt`:
+text and masks), else the shipped mask-only one (`assets/demo/model.pt`; the text run is then
+skipped, and the demo says so), else a random-weight micro model, announced loudly: its masks
+are meaningless, but every stage still runs for real.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
+import shutil
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-DEMO_ASSETS = Path(__file__).parent / "assets" / "demo"
-DEMO_CHECKPOINT = DEMO_ASSETS / "model.pt"
-VIDEO_ID = "synthetic-case-0"
+PROMPT_CHOICES = ("both", "text", "mask")
+EXIT_FAILED, EXIT_UNUSABLE = 1, 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,95 +40,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=48, help="frames in the clip")
     parser.add_argument("--size", type=int, default=256, help="clip height and width")
     parser.add_argument("--policy", default="recent", help="memory policy (recent, prune, ...)")
+    parser.add_argument(
+        "--prompt", choices=PROMPT_CHOICES, default="both",
+        help="prompt the objects by text, by first-frame masks, or both (two runs; default)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None,
+        help="checkpoint to run (default: the shipped demo checkpoint)",
+    )  # fmt: skip
 
 
-def _first_frame_prompts(clip) -> list[dict]:
-    from surgray.io.masks import encode_rle
-
-    objects = []
-    for info in clip.objects:
-        mask = clip.masks[0] == info.obj_id
-        if mask.any():
-            rle = encode_rle(mask[None].astype(bool))[0]
-            objects.append(
-                {
-                    "obj_id": int(info.obj_id),
-                    "label": info.category,
-                    "frame": 0,
-                    "mask_rle": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"]},
-                }
-            )
-    if not objects:
-        raise RuntimeError("the synthetic clip has no object on its first frame")
-    return objects
+@dataclass(frozen=True)
+class RunResult:
+    prompt: str  # "text" or "mask"
+    prefix: Path  # the run's output folder
+    outcome: Any  # surgray.annotate.driver.JobOutcome
+    report: Any = None  # surgray.eval.report.EvaluationReport, None when the run failed
 
 
-def _write_inputs(args: argparse.Namespace) -> tuple[Path, Path, Path, int]:
-    from surgray.data.synthetic import SyntheticClipConfig, generate_clip
-    from surgray.data.synthetic_writers import write_clip_folder, write_clip_video
-
-    clip = generate_clip(
-        SyntheticClipConfig(num_frames=args.frames, height=args.size, width=args.size),
-        seed=args.seed,
-    )
-    video = args.out / "videos" / f"{VIDEO_ID}.mp4"
-    video.parent.mkdir(parents=True, exist_ok=True)
-    write_clip_video(clip, str(video))
-    ground_truth = args.out / "ground_truth"
-    write_clip_folder(clip, str(ground_truth), VIDEO_ID)
-    objects = _first_frame_prompts(clip)
-    manifest = args.out / "manifest.jsonl"
-    row = {"video_uri": str(video.resolve()), "video_id": VIDEO_ID, "prompts": {"objects": objects}}
-    manifest.write_text(json.dumps(row) + "\n")
-    return video, ground_truth, manifest, len(objects)
+def _say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
 
 
-def _checkpoint(args: argparse.Namespace, image_size: int) -> tuple[str, str, bool]:
-    """(variant, checkpoint path, trained?)."""
-    if DEMO_CHECKPOINT.exists():
-        from surgray.model.checkpoint import read_state_dict
+@contextlib.contextmanager
+def _quiet_ray_data() -> Iterator[None]:
+    """Ray Data logs every dataset's plan and progress to the console at INFO; the demo's own
+    lines say the same in short. Its log files under the Ray session keep everything."""
+    import logging
 
-        _, metadata = read_state_dict(str(DEMO_CHECKPOINT))
-        return (metadata or {}).get("variant", "micro"), str(DEMO_CHECKPOINT), True
-    import torch
+    import ray.data  # noqa: F401  (configures the "ray.data" logger on import)
 
-    from surgray.model.checkpoint import build_model, save_checkpoint
+    consoles = [
+        (h, h.level)
+        for h in logging.getLogger("ray.data").handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
+    for handler, _ in consoles:
+        handler.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for handler, level in consoles:
+            handler.setLevel(level)
 
-    path = args.out / "checkpoints" / "random_micro.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    save_checkpoint(build_model("micro", image_size=image_size), str(path))
-    return "micro", str(path), False
+
+def _fresh(prefix: Path) -> Path:
+    """An empty run folder: a demo run's earlier outputs are removed (a rerun would otherwise
+    skip the video as complete, even when the clip changed)."""
+    if prefix.is_dir() and ((prefix / "_summary.json").exists() or (prefix / "masks").is_dir()):
+        shutil.rmtree(prefix)
+    return prefix
 
 
-def run(args: argparse.Namespace) -> int:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+def _config(args: argparse.Namespace, weights: Any, manifest: Path, prefix: Path) -> Any:
     from surgray.annotate.config import AnnotateConfig
-    from surgray.annotate.pipeline import connect_ray, run_annotate
-    from surgray.eval.evaluate import RESURGSAM2_PROTOCOL, evaluate
-    from surgray.eval.sources import open_predictions, video_inputs
 
-    args.out = args.out.resolve()
-    started = time.monotonic()
-    image_size = 128
-    video, ground_truth, manifest, num_objects = _write_inputs(args)
-    variant, checkpoint, trained = _checkpoint(args, image_size)
-    print(f"[demo] synthetic clip: {video} ({args.frames} frames, {num_objects} objects)")
-    if not trained:
-        print(
-            "[demo] NOTE: no trained demo checkpoint is shipped yet; this run uses a RANDOM-WEIGHT "
-            "micro model, so the masks and the J&F below are meaningless. Every stage (decode, "
-            "Ray Data actor pool, tracking, Parquet/RLE output, exports, scoring) runs for real."
-        )
-    annotations = args.out / "annotations"
-    config = AnnotateConfig.from_dict(
+    return AnnotateConfig.from_dict(
         {
             "inputs": {"manifest": str(manifest)},
-            "output": {"prefix": str(annotations)},
+            "output": {"prefix": str(prefix)},
             "model": {
-                "variant": variant,
-                "checkpoint": checkpoint,
-                "image_size": image_size,
+                "variant": weights.variant,
+                "checkpoint": weights.checkpoint,
+                "image_size": weights.image_size,
                 "policy": args.policy,
             },
             "actors": {"count": 1, "num_cpus": 0.5},
@@ -129,27 +111,130 @@ def run(args: argparse.Namespace) -> int:
         },
         source="surgray demo",
     )
+
+
+def _prompts(args: argparse.Namespace, weights: Any) -> list[str] | None:
+    """The runs to make, in order; None when the asked-for run is impossible."""
+    wanted = ["text", "mask"] if args.prompt == "both" else [args.prompt]
+    if "text" in wanted and not weights.takes_text:
+        reason = (
+            f"the {weights.description} has no text tower (it is not a referring checkpoint "
+            "with an embedded CLIP text tower or a text encoder folder)"
+        )
+        if args.prompt == "text":
+            print(f"surgray demo: --prompt text needs text prompts, but {reason}", file=sys.stderr)
+            return None
+        _say(f"NOTE: the TEXT RUN IS SKIPPED: {reason}. Only the mask run follows.")
+        wanted.remove("text")
+    return wanted
+
+
+def _run_jobs(jobs: list[tuple[str, Path, Any]]) -> list[RunResult]:
+    """Run each (prompt, prefix, config) job in turn on one Ray (started here unless this
+    process is connected already, or RAY_ADDRESS names a cluster)."""
+    from surgray.annotate.pipeline import connect_ray, run_annotate
+
     started_ray = connect_ray(num_cpus=2)
+    results = []
     try:
-        outcome = run_annotate(config)
+        with _quiet_ray_data():
+            for prompt, prefix, config in jobs:
+                _say(f"{prompt} run: annotating into {prefix}")
+                outcome = run_annotate(config)
+                _say(f"{prompt} run: " + outcome.report())
+                results.append(RunResult(prompt, prefix, outcome))
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
-    print("[demo] " + outcome.report())
-    if outcome.summary.failed:
-        return 1
-    report = evaluate(
-        video_inputs(ground_truth, open_predictions(annotations / "masks")), RESURGSAM2_PROTOCOL
+    return results
+
+
+def _annotate(args: argparse.Namespace, weights: Any, clip: Any, prompts: list[str]) -> list:
+    from surgray.demo_inputs import score_run, write_manifest
+
+    jobs = []
+    for prompt in prompts:
+        manifest = write_manifest(args.out / f"manifest_{prompt}.jsonl", clip, prompt)
+        prefix = _fresh(args.out / prompt)
+        jobs.append((prompt, prefix, _config(args, weights, manifest, prefix)))
+    scored = []
+    for result in _run_jobs(jobs):
+        report = None
+        if not result.outcome.summary.failed:
+            expressions = clip.expressions if result.prompt == "text" else None
+            report = score_run(clip.ground_truth, result.prefix / "masks", expressions)
+            _say(f"{result.prompt} run, scored against the ground truth:")
+            print(report.to_table(), flush=True)
+        scored.append(RunResult(result.prompt, result.prefix, result.outcome, report))
+    return scored
+
+
+def _summary(result: RunResult, clip: Any) -> list[str]:
+    from surgray.demo_inputs import VIDEO_ID
+
+    if result.prompt == "text":
+        prompted = "; ".join(f"{text!r} (obj {obj})" for text, obj in clip.expressions.items())
+    else:
+        prompted = ", ".join(f"obj {o['obj_id']} {o['label']}" for o in clip.mask_objects)
+    if result.report is None:
+        head = f"{result.prompt} run: FAILED, see the report above"
+    else:
+        s = result.report.overall
+        head = (
+            f"{result.prompt} run: J&F {100 * s.jf:.1f} (J {100 * s.j:.1f}, F {100 * s.f:.1f}) "
+            f"over {s.objects} objects, {s.frames} frames"
+        )
+    exports = result.prefix / "exports"
+    return [
+        head,
+        f"  prompts: {prompted}",
+        f"  masks (Parquet, RLE): {result.prefix / 'masks'}",
+        f"  overlay video: {exports / 'overlay_mp4' / f'{VIDEO_ID}.mp4'}",
+        f"  DAVIS PNGs: {exports / 'davis' / VIDEO_ID}",
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from surgray.demo_inputs import choose_weights, write_clip
+
+    started = time.monotonic()
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        weights = choose_weights(args.out, args.checkpoint)
+    except (OSError, ValueError) as exc:
+        print(f"surgray demo: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    prompts = _prompts(args, weights)
+    if prompts is None:
+        return EXIT_UNUSABLE
+    if not weights.trained:
+        _say(
+            "NOTE: no demo checkpoint is shipped; this run uses a RANDOM-WEIGHT micro model, so "
+            "the masks and the J&F below are meaningless. Every stage (decode, Ray Data actor "
+            "pool, tracking, Parquet/RLE output, exports, scoring) runs for real."
+        )
+    _say(f"weights: {weights.description} ({weights.checkpoint}, {weights.image_size} px)")
+    clip = write_clip(args.out, args.frames, args.size, args.seed)
+    _say(
+        f"synthetic clip: {clip.video} ({clip.num_frames} frames, {len(clip.expressions)} "
+        f"objects, {len(clip.mask_objects)} on the first frame)"
     )
-    print(report.to_table())
-    print(f"[demo] masks (Parquet, RLE): {annotations / 'masks'}")
-    for path in sorted((annotations / "exports").rglob("*.mp4")):
-        print(f"[demo] overlay video: {path}")
-    print(f"[demo] ground truth: {ground_truth}")
-    print(f"[demo] done in {time.monotonic() - started:.0f} s")
-    return 0
+    if clip.events_off:
+        _say(f"short clip: no room for {', '.join(clip.events_off)}; those events are off")
+    results = _annotate(args, weights, clip, prompts)
+    _say("summary")
+    if "text" not in prompts and args.prompt != "mask":
+        _say("text run: SKIPPED (the checkpoint has no text tower)")
+    for result in results:
+        for line in _summary(result, clip):
+            _say(line)
+    _say(f"ground truth: {clip.ground_truth}")
+    _say(f"done in {time.monotonic() - started:.0f} s")
+    return EXIT_FAILED if any(r.report is None for r in results) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

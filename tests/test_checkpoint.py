@@ -213,3 +213,22 @@ def test_init_from_tolerates_only_listed_new_modules(reference_checkpoint, tmp_p
     partial = _write_altered(reference_checkpoint, tmp_path, lambda s: s.pop("no_mem_pos_enc"))
     with pytest.raises(CheckpointMismatchError, match="1 missing keys: no_mem_pos_enc"):
         load_checkpoint(SAM2Model(sam2s), partial, init_from=["long_term_tpos_enc"])
+
+
+def test_loaders_build_the_network_a_checkpoint_was_saved_with(tmp_path):
+    from surgray.model.checkpoint import CheckpointError, stored_or_variant_config
+    from surgray.model.variants import get_variant, micro_config
+
+    # A setting with no trace in the weights: a bare variant would silently differ.
+    cfg = micro_config(128).updated(prompting={"multimask_output_for_tracking": False})
+    path = tmp_path / "tuned.pt"
+    save_checkpoint(SAM2Model(cfg), path)
+    _, metadata = read_state_dict(path)
+    built = stored_or_variant_config("micro", metadata, image_size=96)
+    assert built.prompting.multimask_output_for_tracking is False
+    assert built.image_size == 96
+    assert stored_or_variant_config("micro", None).prompting.multimask_output_for_tracking
+    with pytest.raises(CheckpointError, match="saved for variant 'micro'.*'tiny'"):
+        stored_or_variant_config("tiny", metadata)
+    assert get_variant("tiny").name == "sam2.1_hiera_tiny"
+    assert get_variant("b+").name == "sam2.1_hiera_base_plus"

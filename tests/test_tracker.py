@@ -68,7 +68,7 @@ def unshared_bytes(state) -> int:
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 def test_state_bytes_stop_growing(model, policy):
-    # The long-term banks cycle every 5 frames; frames 50 and 500 are in the same phase.
+    # The long-term banks cycle every 5 frames; frames 50 and 200 are in the same phase.
     # Which candidate a bank keeps is data-dependent, and when it is also a recent frame the
     # two share tensors: for dlm/divemem the exact figure moves by that sharing, the
     # unshared total must not move at all.
@@ -77,17 +77,17 @@ def test_state_bytes_stop_growing(model, policy):
     tracker.add_points(state, 1, 0, [[32, 32]], [1])
     frame = scene(0, moving=False)
     sizes, bounds = {}, {}
-    for t in range(500):
+    for t in range(200):
         tracker.step(state, frame)
-        if t + 1 in (10, 50, 500):
+        if t + 1 in (10, 50, 200):
             sizes[t + 1], bounds[t + 1] = state.nbytes(), unshared_bytes(state)
-    assert sizes[10] < sizes[50] and bounds[50] == bounds[500]
+    assert sizes[10] < sizes[50] and bounds[50] == bounds[200]
     if policy in ("recent", "prune"):
-        assert sizes[50] == sizes[500]
+        assert sizes[50] == sizes[200]
     else:
-        assert sizes[500] <= bounds[500]
+        assert sizes[200] <= bounds[200]
         assert len(state.objects[1].policy.long_term_frames) == 4  # the bank really filled
-    assert state.frames_stepped == 500 and state.last_frame_idx == 499
+    assert state.frames_stepped == 200 and state.last_frame_idx == 199
 
 
 # ------------------------------------------------------------------ batching

@@ -48,7 +48,12 @@ def load_model(config: AnnotateConfig, device: str, storage: dict[str, Any] | No
     `model.text_encoder` overrides the checkpoint's text-encoder folder; the encoder itself
     is loaded only when a text prompt arrives (`SegmentAnnotator._ensure_text_encoder`).
     """
-    from surgray.model.checkpoint import build_model, check_state_dict, read_state_dict
+    from surgray.model.checkpoint import (
+        build_model,
+        check_state_dict,
+        read_state_dict,
+        stored_or_variant_config,
+    )
     from surgray.model.referring import ReferringConfig
     from surgray.model.referring_checkpoint import (
         REFERRING_METADATA_KEY,
@@ -58,17 +63,15 @@ def load_model(config: AnnotateConfig, device: str, storage: dict[str, Any] | No
 
     source = config.model.checkpoint
     state_dict, metadata = read_state_dict(source, storage)
-    size = config.model.image_size
+    cfg = stored_or_variant_config(config.model.variant, metadata, config.model.image_size)
     if metadata and REFERRING_METADATA_KEY in metadata:
         referring = ReferringConfig.model_validate_json(metadata[REFERRING_METADATA_KEY])
         if config.model.text_encoder is not None:
             referring = referring.model_copy(update={"text_encoder": config.model.text_encoder})
-        model = build_resurgsam2(
-            config.model.variant, referring, image_size=size, load_text_encoder=False
-        )
+        model = build_resurgsam2(cfg, referring, load_text_encoder=False)
         load_referring_state_dict(model, state_dict, source)
     else:
-        model = build_model(config.model.variant, image_size=size)
+        model = build_model(cfg)
         check_state_dict(model, state_dict, source, ())
         model.load_state_dict(state_dict)
     return model.to(device).eval()

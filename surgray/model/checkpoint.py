@@ -228,6 +228,30 @@ def checkpoint_metadata(cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
+def stored_or_variant_config(
+    variant: str, metadata: dict[str, Any] | None, image_size: int | None = None
+) -> ModelConfig:
+    """The network a checkpoint was saved with when our metadata records it, else the variant.
+
+    A fine-tuned checkpoint may change settings that leave no trace in its weights (e.g.
+    `prompting.multimask_output_for_tracking`); building it from the bare variant would run
+    a different tracker than the one that was trained and scored.
+    """
+    from surgray.model.variants import get_variant
+
+    named = get_variant(variant, image_size=image_size)
+    stored_json = (metadata or {}).get("config")
+    if not stored_json:
+        return named
+    stored = ModelConfig.model_validate_json(stored_json)
+    if stored.name != named.name:
+        raise CheckpointError(
+            f"the checkpoint was saved for variant {stored.name!r}, the config asks for "
+            f"{variant!r} ({named.name!r}); set model.variant to {stored.name!r}"
+        )
+    return stored.with_image_size(image_size) if image_size is not None else stored
+
+
 def save_checkpoint(
     model: SAM2Model,
     destination: str | os.PathLike[str],

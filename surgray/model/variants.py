@@ -150,9 +150,12 @@ def variant_names() -> list[str]:
 def get_variant(name: str, image_size: int | None = None, **changes) -> ModelConfig:
     """The config of a named variant, e.g. `get_variant("sam2.1_hiera_small", image_size=512)`.
 
-    Accepts the official short names too (`sam2.1_hiera_s`, `sam2_hiera_b+`).
+    Accepts the official short names too (`sam2.1_hiera_s`, `sam2_hiera_b+`), and bare sizes
+    (`tiny`, `s`, `base_plus`, ...), which mean SAM2.1.
     """
     canonical = name
+    if name in _SIZE_ALIASES or name in _SIZE_ALIASES.values():
+        canonical = "sam2.1_hiera_" + _SIZE_ALIASES.get(name, name)
     for prefix in ("sam2.1_hiera_", "sam2_hiera_"):
         if name.startswith(prefix):
             suffix = name[len(prefix) :]

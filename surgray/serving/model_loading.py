@@ -120,7 +120,11 @@ def _build(
     """(model on the CPU, whether it is a ReSurgSAM2), weights from the checkpoint or seed."""
     import torch
 
-    from surgray.model.checkpoint import check_state_dict, read_state_dict
+    from surgray.model.checkpoint import (
+        check_state_dict,
+        read_state_dict,
+        stored_or_variant_config,
+    )
     from surgray.model.referring import ReSurgSAM2
     from surgray.model.referring_checkpoint import (
         REFERRING_METADATA_KEY,
@@ -130,8 +134,8 @@ def _build(
     from surgray.model.sam2 import SAM2Model
     from surgray.model.variants import get_variant
 
-    cfg = get_variant(resolve_variant(served.variant), image_size=served.image_size)
     if seed is not None:
+        cfg = get_variant(resolve_variant(served.variant), image_size=served.image_size)
         referring = served.text_encoder is not None
         # Seed only the construction, then put the global generator back as it was.
         with torch.random.fork_rng(devices=[]):
@@ -142,6 +146,9 @@ def _build(
                 model = SAM2Model(cfg)
         return model, referring
     state_dict, metadata = read_state_dict(served.checkpoint, storage_options)
+    cfg = stored_or_variant_config(
+        resolve_variant(served.variant), metadata, image_size=served.image_size
+    )
     referring = (
         served.text_encoder is not None
         or REFERRING_METADATA_KEY in (metadata or {})
