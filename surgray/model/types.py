@@ -22,7 +22,9 @@ class BackboneOutput:
 
 @dataclass
 class MaskDecoderOutput:
-    masks: torch.Tensor  # [B, M, 4h, 4w] low-resolution mask logits (M = 1 or num_multimask_outputs)
+    masks: (
+        torch.Tensor
+    )  # [B, M, 4h, 4w] low-resolution mask logits (M = 1 or num_multimask_outputs)
     iou_pred: torch.Tensor  # [B, M]
     sam_tokens: torch.Tensor  # [B, M, C] output tokens behind the returned masks
     object_score_logits: torch.Tensor  # [B, 1]

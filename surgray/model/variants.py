@@ -62,7 +62,9 @@ def _channels(trunk: HieraConfig) -> tuple[int, ...]:
 
 def _official(size: str, version: str) -> ModelConfig:
     trunk = _TRUNKS[size]
-    encoder = ImageEncoderConfig(trunk=trunk, neck=NeckConfig(backbone_channel_list=_channels(trunk)))
+    encoder = ImageEncoderConfig(
+        trunk=trunk, neck=NeckConfig(backbone_channel_list=_channels(trunk))
+    )
     if version == "2.1":
         return ModelConfig(name=f"sam2.1_hiera_{size}", image_encoder=encoder)
     # SAM2.0: no "object absent" spatial embedding, unprojected and unsigned pointer positions
@@ -116,7 +118,9 @@ def micro_config(image_size: int = 128) -> ModelConfig:
                 dim_feedforward=64,
                 dropout=0.0,
                 self_attention=rope,
-                cross_attention=rope.model_copy(update={"rope_k_repeat": True, "kv_in_dim": mem_dim}),
+                cross_attention=rope.model_copy(
+                    update={"rope_k_repeat": True, "kv_in_dim": mem_dim}
+                ),
             ),
         ),
         memory_encoder=MemoryEncoderConfig(
