@@ -2,6 +2,9 @@
 
     <checkpoint>/model.pt            `surgray.model.checkpoint.save_checkpoint` output: loads into
                                      a `SAM2Model` strictly, with the model config in its metadata
+                                     (a `ReSurgSAM2` also carries its referring config, as
+                                     `save_referring_checkpoint` writes it, so annotate, serve and
+                                     `load_trained_model` rebuild the referring model)
     <checkpoint>/training_state.pt   optimizer, lr scheduler, epoch and step to resume from
     <checkpoint>/metrics.json        the epoch's metrics (for people and tools)
 
@@ -53,14 +56,48 @@ def model_config(section: ModelSection) -> ModelConfig:
 
 
 def build_training_model(config: TrainConfig) -> SAM2Model:
-    """The model at the start of training: fresh, or from `model.init_checkpoint`."""
+    """The model at the start of training: fresh, or from `model.init_checkpoint`.
+
+    With `model.referring` it is a `ReSurgSAM2`; its initial checkpoint may be a plain SAM2
+    one (or the release's layout) when `model.init_from` names the new modules
+    (`cross_modal_fusion`, `text_tower`, `semantic_head`). A CLIP text folder named by
+    `referring.text_encoder` is loaded (frozen, never saved).
+    """
     section = config.model
-    model = SAM2Model(model_config(section))
+    if section.referring is None:
+        model = SAM2Model(model_config(section))
+        if section.init_checkpoint is not None:
+            load_checkpoint(
+                model, section.init_checkpoint, section.storage_options, section.init_from or None
+            )
+        return model
+    from surgray.model.referring import ReSurgSAM2
+    from surgray.model.referring_checkpoint import load_referring_checkpoint
+
+    model = ReSurgSAM2(model_config(section), section.referring)
     if section.init_checkpoint is not None:
-        load_checkpoint(
+        load_referring_checkpoint(
             model, section.init_checkpoint, section.storage_options, section.init_from or None
         )
+    if section.referring.text_encoder is not None:
+        model.load_text_encoder(section.storage_options)
     return model
+
+
+def is_referring(model) -> bool:
+    from surgray.model.referring import ReSurgSAM2
+
+    return isinstance(model, ReSurgSAM2)
+
+
+def save_model(model: SAM2Model, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """Our checkpoint format; a referring model's file also holds its referring config."""
+    if is_referring(model):
+        from surgray.model.referring_checkpoint import save_referring_checkpoint
+
+        save_referring_checkpoint(model, path, extra_metadata=extra)
+    else:
+        save_checkpoint(model, path, extra_metadata=extra)
 
 
 def write_checkpoint(
@@ -76,7 +113,7 @@ def write_checkpoint(
     extra = {"epoch": state.epoch, "global_step": state.global_step}
     if config is not None:
         extra["train_config"] = config.model_dump_json()
-    save_checkpoint(model, directory / MODEL_FILE, extra_metadata=extra)
+    save_model(model, directory / MODEL_FILE, extra)
     torch.save(
         {
             "epoch": state.epoch,
@@ -139,10 +176,16 @@ def fetch_checkpoint_dir(
 
 
 def load_trained_model(
-    checkpoint: str | Path, device: torch.device | str = "cpu", storage_options=None
+    checkpoint: str | Path,
+    device: torch.device | str = "cpu",
+    storage_options=None,
+    load_text_encoder: bool = True,
 ) -> SAM2Model:
     """The model of a training checkpoint (a folder or its model.pt), built from the config
-    stored in the checkpoint and loaded strictly."""
+    stored in the checkpoint and loaded strictly: a `ReSurgSAM2` when the metadata holds a
+    referring config (its CLIP text folder loaded when it names one and `load_text_encoder`)."""
+    from surgray.model.referring_checkpoint import REFERRING_METADATA_KEY, build_resurgsam2
+
     path = str(checkpoint)
     if os.path.isdir(path):
         path = os.path.join(path, MODEL_FILE)
@@ -150,4 +193,12 @@ def load_trained_model(
     if not metadata or "config" not in metadata:
         raise ResumeError(f"{path}: no model config in the checkpoint metadata")
     cfg = ModelConfig.model_validate_json(metadata["config"])
+    if REFERRING_METADATA_KEY in metadata:
+        return build_resurgsam2(
+            cfg,
+            checkpoint=path,
+            device=device,
+            storage_options=storage_options,
+            load_text_encoder=load_text_encoder,
+        )
     return build_model(cfg, path, device=device, storage_options=storage_options)

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--evaluate",
         metavar="CHECKPOINT",
         help="do not train: score CHECKPOINT (model.pt or a checkpoint folder) and the trivial "
-        "baselines on --eval-split of the config's data, first-frame mask prompt",
+        "baselines on --eval-split of the config's data, from first-frame masks (and from "
+        "text for referring models)",
     )
     parser.add_argument("--eval-split", default="test", help="split to score (default test)")
     parser.add_argument("--eval-videos", type=int, default=16)
@@ -93,6 +94,14 @@ def export_model(checkpoint, destination: str, storage_options=None) -> None:
         handle.write(payload)
 
 
+ROW_NAMES = {
+    "model": "checkpoint, mask prompt",
+    "text": "checkpoint, text prompt",
+    "repeat_first": "repeat first-frame mask",
+    "empty": "predict nothing",
+}
+
+
 def evaluate_checkpoint(args: argparse.Namespace, config) -> int:
     import time
 
@@ -105,12 +114,16 @@ def evaluate_checkpoint(args: argparse.Namespace, config) -> int:
     videos = open_videos(config.data, args.eval_split)
     results = compare_with_baselines(videos, model, args.eval_videos, args.eval_frames)
     for name, result in results.items():
+        skipped = f", {result.skipped_objects} without text" if result.skipped_objects else ""
         print(
-            f"{name:>12}: J&F {result.jf:.4f}  J {result.j:.4f}  F {result.f:.4f}  "
-            f"({result.videos} videos, {result.objects} objects, {result.frames} frames)"
+            f"{ROW_NAMES[name]:>24}: J&F {result.jf:.4f}  J {result.j:.4f}  F {result.f:.4f}  "
+            f"({result.videos} videos, {result.objects} objects, {result.frames} frames{skipped})"
         )
     margin = results["model"].jf - max(results["repeat_first"].jf, results["empty"].jf)
-    print(f"margin over the best baseline: {margin:+.4f} ({time.monotonic() - started:.0f} s)")
+    print(
+        f"margin of the mask prompt over the best baseline: {margin:+.4f} "
+        f"({time.monotonic() - started:.0f} s)"
+    )
     return 0
 
 

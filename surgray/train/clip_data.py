@@ -14,6 +14,7 @@ targets stay binary. Masks are then [T, N, S, S] bool in the order of `object_id
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -41,6 +42,7 @@ class TrainingClip:
     anchor: int | None = None  # clip position of the referring anchor frame
     expressions: tuple[str, ...] = ()  # referring clips: one text per object
     video_id: str = ""
+    categories: tuple[str | None, ...] = ()  # one category name per object (None: unknown)
 
     @property
     def num_frames(self) -> int:
@@ -49,6 +51,14 @@ class TrainingClip:
     @property
     def num_objects(self) -> int:
         return self.masks.shape[1]
+
+    def category_ids(self, names: Sequence[str]) -> torch.Tensor:
+        """[N] long: each object's index in `names` (TSL's category list), -1 when its
+        category is unknown or not listed (tissue when only instruments are named)."""
+        index = {name: i for i, name in enumerate(names)}
+        padded = list(self.categories) + [None] * (self.num_objects - len(self.categories))
+        ids = [index.get(name, -1) if name is not None else -1 for name in padded]
+        return torch.tensor(ids[: self.num_objects], dtype=torch.long, device=self.masks.device)
 
     def to(self, device: torch.device | str) -> TrainingClip:
         self.images = self.images.to(device, non_blocking=True)
@@ -69,6 +79,10 @@ class TrainVideo:
     def expression(self, obj_id: int) -> str | None:
         return None
 
+    def category(self, obj_id: int) -> str | None:
+        """The object's canonical category name (`surgray.data.categories`), None if unknown."""
+        return None
+
 
 class SampleVideo(TrainVideo):
     """A dataset reader's `VideoSample`."""
@@ -86,6 +100,12 @@ class SampleVideo(TrainVideo):
 
     def expression(self, obj_id: int) -> str | None:
         return self._texts.get(obj_id)
+
+    def category(self, obj_id: int) -> str | None:
+        try:
+            return self.sample.object(obj_id).category
+        except KeyError:
+            return None
 
 
 class SyntheticVideo(TrainVideo):
@@ -126,6 +146,12 @@ class SyntheticVideo(TrainVideo):
 
     def expression(self, obj_id: int) -> str | None:
         return self._texts.get(obj_id)
+
+    def category(self, obj_id: int) -> str | None:
+        for info in self.clip.objects:
+            if info.obj_id == obj_id:
+                return info.category
+        return None
 
 
 def synthetic_videos(section: SyntheticSourceSection, split: str) -> list[SyntheticVideo]:
@@ -242,4 +268,5 @@ def load_clip(
         anchor=spec.anchor,
         expressions=texts,
         video_id=video.video_id,
+        categories=tuple(video.category(o) for o in objects),
     )

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from surgray.model.referring import ReferringConfig
 from surgray.train.losses import LossConfig
 from surgray.train.optim import OptimConfig
 from surgray.train.prompts import PromptSimConfig
@@ -50,6 +51,26 @@ class ModelSection(_Section):
     # "long_term_tpos_enc"); they keep their fresh initialisation.
     init_from: tuple[str, ...] = ()
     storage_options: dict[str, Any] | None = None
+    # ReSurgSAM2 (text referring head, SAM2S semantic head): the network is a `ReSurgSAM2`,
+    # and `init_checkpoint` may be a plain SAM2 one with the new modules named in `init_from`.
+    referring: ReferringConfig | None = None
+
+    @model_validator(mode="after")
+    def _referring_fits(self) -> ModelSection:
+        if self.referring is None:
+            return self
+        from surgray.model.referring import check_referring_config
+        from surgray.model.variants import get_variant
+
+        try:
+            cfg = get_variant(self.variant, image_size=self.image_size, **self.overrides)
+        except Exception:  # an unknown variant or bad overrides: preflight names it
+            return self
+        try:
+            check_referring_config(cfg, self.referring)
+        except ValueError as exc:
+            raise ValueError(f"model.referring: {exc}") from None
+        return self
 
 
 class SyntheticSourceSection(_Section):
@@ -165,6 +186,9 @@ class ValidationSection(_Section):
     max_videos: int = Field(4, ge=1)
     max_frames: int = Field(16, ge=2)
     prompt: Literal["mask"] = "mask"  # first-frame mask prompt
+    # Referring models also score text prompts (`val_text_jf`): each object's expression is
+    # added on the first frame and the tracker finds it (CIFS) and tracks it.
+    text: bool = True
 
 
 class TrainConfig(_Section):
@@ -186,15 +210,40 @@ class TrainConfig(_Section):
             raise ValueError(
                 "validation.every_epochs > 0 needs validation.split or data.valid_split"
             )
-        if self.sampling.referring_fraction > 0 and self.data.source not in (
-            "ref_endovis",
-            "synthetic",
-        ):
-            raise ValueError(
+        problems = self._referring_problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _referring_problems(self) -> list[str]:
+        problems = []
+        referring = self.model.referring
+        referring_clips = self.sampling.referring_fraction > 0
+        if referring_clips and self.data.source not in ("ref_endovis", "synthetic"):
+            problems.append(
                 "sampling.referring_fraction > 0 needs referring expressions: data.source "
                 f"must be ref_endovis or synthetic, got {self.data.source!r}"
             )
-        return self
+        if referring is None:
+            if referring_clips:
+                problems.append(
+                    "sampling.referring_fraction > 0 needs a referring model: set "
+                    "model.referring (ReSurgSAM2's fusion and a text tower or text encoder)"
+                )
+            return problems
+        tsl = referring.semantic_head is not None and self.loss.tsl > 0
+        if tsl and not referring.categories:
+            problems.append(
+                "loss.tsl > 0 trains model.referring.semantic_head against category names: "
+                "set model.referring.categories (or loss.tsl: 0)"
+            )
+        if (referring_clips or tsl) and not has_text_source(referring):
+            problems.append(
+                "referring clips and TSL need text features: set model.referring.text_tower "
+                "(a small text tower trained with the model) or model.referring.text_encoder "
+                "(a CLIP text folder)"
+            )
+        return problems
 
     @property
     def validation_split(self) -> str | None:
@@ -219,11 +268,16 @@ class TrainConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+def has_text_source(referring: ReferringConfig) -> bool:
+    """Whether a referring model built from this config can encode text."""
+    return referring.text_encoder is not None or getattr(referring, "text_tower", None) is not None
+
+
 def _describe(error: dict) -> str:
     where = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown key"
-    return f"{where}: {error['msg']}"
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
 
 
 def parse_train_config(data: Any, source: str = "config") -> TrainConfig:

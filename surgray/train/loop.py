@@ -42,7 +42,7 @@ from surgray.train.optim import apply_freeze, build_optimizer, build_scheduler, 
 from surgray.train.samplers import ClipSampler
 from surgray.train.step import ClipTrainer
 
-_LOSS_PARTS = ("total", "focal", "dice", "iou", "object_class")
+_LOSS_PARTS = ("total", "focal", "dice", "iou", "object_class", "tsl")
 _CLIP_KINDS = ("sam2", "hybrid", "referring", "image")
 _CLIP_DRAWS = 32  # clips drawn before giving up on finding a visible object
 
@@ -69,6 +69,13 @@ def worker_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
+def referring_stage_for(model: nn.Module):
+    """ReSurgSAM2's stage 1 for referring clips, or None for a plain SAM2 model."""
+    from surgray.model.referring import ReSurgSAM2, referring_stage
+
+    return referring_stage if isinstance(model, ReSurgSAM2) else None
+
+
 def torch_threads(config: TrainConfig) -> int:
     explicit = config.scaling.torch_threads
     return explicit if explicit is not None else max(1, int(config.scaling.cpus_per_worker))
@@ -87,7 +94,10 @@ class WorkerLoop:
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.hooks = hooks or LoopHooks()
+        # Fresh modules start the same on every run and rank; dropout then differs per rank.
+        torch.manual_seed(worker_seed(config.schedule.seed, 2**31))
         self.model = build_training_model(config)
+        torch.manual_seed(worker_seed(config.schedule.seed, 2**31, rank + 1))
         apply_freeze(self.model, config.optim, step=2**62)  # permanent freezing only
         self.state = TrainingState(epoch=0, global_step=0)
         with self.hooks.open_latest() as latest:
@@ -106,7 +116,9 @@ class WorkerLoop:
         self.scheduler = build_scheduler(self.optimizer, config.optim, config.schedule.total_steps)
         self._load_optimizer_state()
         self.module = self.hooks.prepare_module(
-            ClipTrainer(self.model, config.prompts, SAM2Loss(config.loss))
+            ClipTrainer(
+                self.model, config.prompts, SAM2Loss(config.loss), referring_stage_for(self.model)
+            )
         )
         self.videos: list[TrainVideo] = open_videos(config.data, config.data.train_split)
         self.sampler = ClipSampler(
@@ -297,13 +309,19 @@ class WorkerLoop:
         return metrics
 
     def _validate(self) -> dict[str, float]:
-        from surgray.train.validation import validate
+        from surgray.train.validation import can_refer, validate
 
         if self.valid_videos is None:
             self.valid_videos = open_videos(self.config.data, self.config.validation_split)
         section = self.config.validation
         result = validate(self.valid_videos, self.model, section.max_videos, section.max_frames)
-        return result.as_metrics()
+        metrics = result.as_metrics()
+        if section.text and can_refer(self.model):
+            text = validate(
+                self.valid_videos, self.model, section.max_videos, section.max_frames, "text"
+            )
+            metrics.update(text.as_metrics("val_text_"))
+        return metrics
 
     def _report(self, metrics: dict) -> None:
         if self.rank != 0:
@@ -323,7 +341,7 @@ class WorkerLoop:
             f"[surgray train] epoch {epoch + 1}/{schedule.epochs} step {step + 1}/"
             f"{schedule.steps_per_epoch} (global {global_step}/{schedule.total_steps}) "
             f"loss {parts['total']:.4g} (focal {parts['focal']:.3g} dice {parts['dice']:.3g} "
-            f"iou {parts['iou']:.3g} obj {parts['object_class']:.3g}) "
+            f"iou {parts['iou']:.3g} obj {parts['object_class']:.3g} tsl {parts['tsl']:.3g}) "
             f"lr {max(g['lr'] for g in self.optimizer.param_groups):.3g} {per_step:.2f} s/step "
             f"eta {_duration(left)}",
             flush=True,

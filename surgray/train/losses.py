@@ -73,6 +73,10 @@ class LossConfig(BaseModel):
     arl_kernel_size: int = Field(5, ge=1)
     arl_sigma: float = Field(1.0, gt=0)
     tsl_logit_scale: float = Field(TSL_LOGIT_SCALE, gt=0)
+    # Whether TSL's gradient also reaches the category-name embeddings (a trainable text
+    # tower). SAM2S compares against frozen CLIP embeddings; letting TSL move them lets it
+    # collapse the K names onto one point, where InfoNCE sits at log K with no signal.
+    tsl_trains_text: bool = False
     supervise_all_iou: bool = True  # SAM2.1 configs: IoU head trained on every candidate
 
 

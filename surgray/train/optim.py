@@ -6,6 +6,10 @@ Rules, in the order they are applied to each parameter name:
    pretraining trains only the fusion modules first): kept in the optimizer, so unfreezing
    needs no new optimizer (AdamW skips parameters without a gradient). Parameters the model
    itself marks requires_grad=False and the config does not mention are left out too.
+   `trainable_prefixes` without `unfreeze_at_step` trains only those prefixes for the whole
+   run (e.g. only ReSurgSAM2's new modules on a fixed SAM2: `cross_modal_fusion.`,
+   `text_tower.`, `semantic_head.`); the training loop then turns requires_grad off for the
+   rest, so the frozen image encoder runs without autograd.
 2. Learning rate: `new_module_lr` for names under `new_module_prefixes`; else `vision_lr`
    under `vision_prefix` (the image encoder); else `base_lr`.
 3. Layer-wise decay on the Hiera trunk (SAM2's BEiT-style rule, `training/optimizer.py`
@@ -54,6 +58,7 @@ class OptimConfig(BaseModel):
     new_module_lr: float = Field(3e-4, gt=0)
     new_module_prefixes: tuple[str, ...] = (
         "cross_modal_fusion.",
+        "text_tower.",
         "text_projection.",
         "semantic_head.",
     )

@@ -89,10 +89,39 @@ def build_trainer(config: TrainConfig):
     )
 
 
+def _absolute(path: str | None, base: str) -> str | None:
+    if path is None or "://" in path:
+        return path
+    return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+
+
+def with_absolute_paths(config: TrainConfig, base: str | None = None) -> TrainConfig:
+    """Local paths made absolute against `base` (the current directory): Ray Train workers
+    run in a working directory of their own, where relative paths would name nothing."""
+    base = base or os.getcwd()
+    model = config.model
+    updates = {"init_checkpoint": _absolute(model.init_checkpoint, base)}
+    if model.referring is not None and model.referring.text_encoder is not None:
+        updates["referring"] = model.referring.model_copy(
+            update={"text_encoder": _absolute(model.referring.text_encoder, base)}
+        )
+    section = config.checkpoint
+    checkpoint = section.model_copy(
+        update={
+            "resume_from": _absolute(section.resume_from, base),
+            "progress_file": _absolute(section.progress_file, base),
+        }
+    )
+    return config.model_copy(
+        update={"model": model.model_copy(update=updates), "checkpoint": checkpoint}
+    )
+
+
 def run_training(config: TrainConfig, check: bool = True) -> TrainOutcome:
     """Check, then train on Ray; returns Ray's result (metrics, latest checkpoint)."""
     import ray
 
+    config = with_absolute_paths(config)
     report = preflight(config) if check else None
     if not ray.is_initialized():
         ray.init(address=config.scaling.address)

@@ -19,6 +19,12 @@ ReSurgSAM2 referring clips replace step 2 by a referring stage (text + CSTMamba,
 `ReferringStage`) on the context and anchor frames; the anchor's output becomes the
 conditioning memory, and the frames after it are tracked. Every frame is supervised.
 
+SAM2S TSL (models with a semantic head and category names, `LossConfig.tsl > 0`): every
+memory-conditioned frame also gets the semantic head's embedding of each object
+(`surgray.train.semantic`), scored against the category-name embeddings by `SAM2Loss`.
+
+A frozen image encoder runs without autograd (no activations kept for a backward pass).
+
 The pieces used are the model's own heads (`run_sam_heads`, `mask_as_output`), memory readout
 and writer; `SAM2Model.track_frame` is the inference-side wrapper of the same pieces, but it
 keeps only the chosen candidate mask, while the loss needs every candidate.
@@ -36,6 +42,7 @@ from surgray.model.frame_types import FrameFeatures, HeadsOutput
 from surgray.model.heads import mask_as_output, run_sam_heads, wants_multimask
 from surgray.model.memory_readout import condition_on_memory
 from surgray.model.memory_writer import encode_memory
+from surgray.model.types import BackboneOutput
 from surgray.tracking.memory.types import MemoryEntry
 from surgray.train.clicks import Clicks
 from surgray.train.clip_data import TrainingClip
@@ -48,6 +55,7 @@ from surgray.train.prompts import (
     initial_prompt,
     plan_clip_prompts,
 )
+from surgray.train.semantic import SemanticSupervision, category_embeddings, tsl_enabled
 
 if TYPE_CHECKING:
     from surgray.model.sam2 import SAM2Model
@@ -80,22 +88,47 @@ def _click_tuple(clicks: Clicks | None, device: torch.device):
     return clicks.coords.to(device), clicks.labels.to(device)
 
 
+def encode_clip(model: SAM2Model, images: torch.Tensor) -> list[FrameFeatures]:
+    """`model.encode_frames`, with the image encoder under no_grad when none of its parameters
+    trains (the decoder's high-resolution projections still get their gradients)."""
+    if any(p.requires_grad for p in model.image_encoder.parameters()):
+        return model.encode_frames(images)
+    with torch.no_grad():
+        out = model.image_encoder(images)
+    if model.uses_high_res_features:
+        fpn = list(out.backbone_fpn)
+        fpn[0] = model.sam_mask_decoder.conv_s0(fpn[0])
+        fpn[1] = model.sam_mask_decoder.conv_s1(fpn[1])
+        out = BackboneOutput(out.vision_features, list(out.vision_pos_enc), fpn)
+    return [model.frame_features(out, k) for k in range(images.shape[0])]
+
+
 class _ClipRun:
     """State of one clip while it is processed (features, memories, outputs)."""
 
-    def __init__(self, model: SAM2Model, clip: TrainingClip, prompts: PromptSimConfig, generator):
+    def __init__(
+        self,
+        model: SAM2Model,
+        clip: TrainingClip,
+        prompts: PromptSimConfig,
+        generator,
+        tsl: bool = False,
+    ):
         self.model = model
         self.clip = clip
         self.prompts = prompts
         self.generator = generator
         self.count = clip.num_objects
-        self.features = model.encode_frames(clip.images)
+        self.features = encode_clip(model, clip.images)
         self.memory = ClipMemory(model.cfg, self.count, clip.num_frames)
         self.predictions: dict[int, FramePrediction] = {}
         self.final: dict[int, torch.Tensor] = {}
+        self.semantic = SemanticSupervision(model) if tsl else None
 
     def fused(self, t: int, feats: FrameFeatures, with_memory: bool) -> torch.Tensor:
         selections = self.memory.select(t) if with_memory else [None] * self.count
+        if with_memory and self.semantic is not None:
+            self.semantic.observe(t, feats, selections)
         return condition_on_memory(
             self.model, feats.image_embed, feats.image_pos, selections, self.clip.num_frames
         )
@@ -159,7 +192,8 @@ class _ClipRun:
         prompted: bool,
         conditioning: bool,
     ) -> None:
-        self.predictions[t] = FramePrediction(steps)
+        semantic = self.semantic.embedding(t) if self.semantic is not None else None
+        self.predictions[t] = FramePrediction(steps, semantic_embedding=semantic)
         self.final[t] = (heads.high_res_masks[:, 0] > 0).detach()
         model = self.model
         if model.cfg.memory.num_maskmem == 0:
@@ -215,7 +249,7 @@ def run_clip(
     """
     if clip.num_objects == 0:
         raise ValueError(f"clip of {clip.video_id!r} has no object to train on")
-    run = _ClipRun(model, clip, prompts, generator)
+    run = _ClipRun(model, clip, prompts, generator, tsl_enabled(model, loss_fn.config))
     plan = None
     if clip.kind == "referring":
         if referring is None:
@@ -230,8 +264,12 @@ def run_clip(
             run.frame(t, plan)
     order = range(clip.num_frames)
     predictions = [run.predictions[t] for t in order]
-    targets = [FrameTarget(masks=clip.masks[t]) for t in order]
-    loss = loss_fn(predictions, targets, num_objects=num_objects)
+    categories = text = None
+    if run.semantic is not None and run.semantic.active:
+        categories = clip.category_ids(model.referring_cfg.categories)
+        text = category_embeddings(model, loss_fn.config)
+    targets = [FrameTarget(masks=clip.masks[t], category_ids=categories) for t in order]
+    loss = loss_fn(predictions, targets, text_embeddings=text, num_objects=num_objects)
     return ClipOutput(
         loss=loss,
         predictions=predictions,
@@ -243,13 +281,22 @@ def run_clip(
 
 class ClipTrainer(nn.Module):
     """The model and its loss as one module whose `forward` runs a clip, so DDP sees every
-    parameter use inside `forward` (SAM2Model itself has no single forward)."""
+    parameter use inside `forward` (SAM2Model itself has no single forward). `referring` is
+    the stage used for referring clips (ReSurgSAM2: `surgray.model.referring.referring_stage`);
+    it runs inside `forward`, on the wrapped model, so DDP reduces its gradients too."""
 
-    def __init__(self, model: SAM2Model, prompts: PromptSimConfig, loss_fn: SAM2Loss) -> None:
+    def __init__(
+        self,
+        model: SAM2Model,
+        prompts: PromptSimConfig,
+        loss_fn: SAM2Loss,
+        referring: ReferringStage | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
         self.prompts = prompts
+        self.referring = referring
 
     def forward(
         self,
@@ -258,6 +305,13 @@ class ClipTrainer(nn.Module):
         num_objects: float | None = None,
         referring: ReferringStage | None = None,
     ) -> ClipOutput:
-        return run_clip(
-            self.model, clip, self.prompts, self.loss_fn, generator, num_objects, referring
-        )
+        stage = referring if referring is not None else self.referring
+        out = run_clip(self.model, clip, self.prompts, self.loss_fn, generator, num_objects, stage)
+        if torch.is_grad_enabled() and not out.loss.total.requires_grad:
+            # No trained parameter met this clip (e.g. an image clip when only new modules
+            # train): a zero that reaches them keeps backward and DDP's reduction working.
+            trained = [p for p in self.parameters() if p.requires_grad]
+            if trained:
+                zero = sum(p.sum() for p in trained) * 0.0
+                out.loss.total = out.loss.total + zero
+        return out

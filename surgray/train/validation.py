@@ -10,6 +10,13 @@ the ground truth, since nothing prompted them.
 
 The trivial baselines of the demo gates are scored the same way: repeating the first-frame
 mask on every frame, and predicting nothing.
+
+Referring models (`ReSurgSAM2` with a text encoder or text tower) are also scored from text
+(`predictor="text"`): each object visible on the first frame is added to a `Tracker` by its
+referring expression (`TrainVideo.expression`) before that frame is stepped, and the tracker
+runs ReSurgSAM2's pipeline (stage-1 search, CIFS, then tracking with memory) over the frames.
+Objects without an expression cannot be prompted: they are left out and counted
+(`ValidationResult.skipped_objects`).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from surgray.tracking.memory.base import build_policy
 from surgray.tracking.memory.config import RecentPolicyConfig
 from surgray.train.clip_data import TrainVideo
 
-Predictor = Literal["model", "repeat_first", "empty"]
+Predictor = Literal["model", "text", "repeat_first", "empty"]
 
 
 @dataclass(frozen=True)
@@ -40,14 +47,27 @@ class ValidationResult:
     videos: int
     objects: int
     frames: int
+    skipped_objects: int = 0  # text predictor: objects on frame 0 without an expression
 
     def as_metrics(self, prefix: str = "val_") -> dict[str, float]:
-        return {
+        metrics = {
             f"{prefix}jf": self.jf,
             f"{prefix}j": self.j,
             f"{prefix}f": self.f,
             f"{prefix}objects": float(self.objects),
         }
+        if self.skipped_objects:
+            metrics[f"{prefix}skipped_objects"] = float(self.skipped_objects)
+        return metrics
+
+
+def can_refer(model) -> bool:
+    """Whether `model` can be prompted by text (a ReSurgSAM2 that can encode text)."""
+    from surgray.model.referring import ReSurgSAM2
+
+    if not isinstance(model, ReSurgSAM2):
+        return False
+    return model.text_encoder is not None or getattr(model, "text_tower", None) is not None
 
 
 def inference_policy_config(model) -> RecentPolicyConfig:
@@ -109,10 +129,38 @@ def track_from_first_mask(
     return out_masks
 
 
-def _predict(predictor: Predictor, model, frames: np.ndarray, first: np.ndarray) -> np.ndarray:
+def track_from_text(model, frames: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+    """[T, H, W, 3] uint8 frames and N expressions (added before frame 0) -> [T, N, H, W]
+    bool masks from the streaming tracker's referring pipeline (SAM2's `recent` policy)."""
+    from surgray.tracking.tracker import Tracker
+
+    was_training = model.training
+    height, width = frames.shape[1:3]
+    out_masks = np.zeros((frames.shape[0], len(texts), height, width), dtype=bool)
+    try:
+        tracker = Tracker(model, {"name": "recent"}, autocast_dtype=None)
+        state = tracker.start("validation", (height, width), num_frames=frames.shape[0])
+        for i, text in enumerate(texts):
+            tracker.add_text(state, i + 1, text)
+        for t, frame in enumerate(frames):
+            for obj in tracker.step(state, frame).objects:
+                out_masks[t, obj.obj_id - 1] = obj.mask
+        tracker.close(state)
+    finally:
+        # Also drops what the model cached under the tracker's inference_mode (category
+        # embeddings), which autograd would refuse in the next training step.
+        model.train(was_training)
+    return out_masks
+
+
+def _predict(
+    predictor: Predictor, model, frames: np.ndarray, first: np.ndarray, texts: Sequence[str]
+) -> np.ndarray:
     count, (height, width) = first.shape[0], first.shape[1:]
     if predictor == "model":
         return track_from_first_mask(model, frames, first)
+    if predictor == "text":
+        return track_from_text(model, frames, texts)
     if predictor == "repeat_first":
         return np.broadcast_to(first[None], (frames.shape[0], count, height, width))
     if predictor == "empty":
@@ -127,18 +175,34 @@ def validate(
     max_frames: int = 16,
     predictor: Predictor = "model",
 ) -> ValidationResult:
-    """J&F over the first `max_videos` videos (first `max_frames` annotated frames each)."""
-    inputs = []
+    """J&F over the first `max_videos` videos (first `max_frames` annotated frames each).
+
+    predictor "model": the model from first-frame masks; "text": the model from each object's
+    referring expression (a referring model; objects without one are skipped and counted);
+    "repeat_first" / "empty": the trivial baselines.
+    """
+    if predictor == "text" and not can_refer(model):
+        raise ValueError(
+            "validation from text needs a ReSurgSAM2 with a text encoder or text tower, got "
+            f"{type(model).__name__}"
+        )
+    inputs, skipped = [], 0
     for video in list(videos)[:max_videos]:
         positions = tuple(range(min(max_frames, video.num_frames)))
         if len(positions) < 3:
             continue  # the protocol skips the first and last frame: nothing left to score
         frames, ids = video.load(positions)
         prompted = [int(v) for v in np.unique(ids[0]) if v != 0]
+        texts: list[str] = []
+        if predictor == "text":
+            with_text = [obj for obj in prompted if video.expression(obj)]
+            skipped += len(prompted) - len(with_text)
+            prompted = with_text
+            texts = [video.expression(obj) for obj in prompted]
         if not prompted:
             continue
         first = np.stack([ids[0] == obj for obj in prompted])
-        predicted = _predict(predictor, model, frames, first)
+        predicted = _predict(predictor, model, frames, first, texts)
         gt = np.where(np.isin(ids, prompted), ids, 0)
         names = tuple(f"{p:05d}" for p in positions)
 
@@ -148,6 +212,11 @@ def validate(
 
         inputs.append(VideoInput(video.video_id, names, load))
     if not inputs:
+        if predictor == "text" and skipped:
+            raise ValueError(
+                f"validation from text: none of the {skipped} objects on the first frames has "
+                "a referring expression"
+            )
         raise ValueError("validation: no video with at least 3 frames and an object on frame 0")
     report = evaluate(inputs, SURGSAM2_PROTOCOL)
     overall = report.overall
@@ -158,15 +227,17 @@ def validate(
         videos=len(inputs),
         objects=overall.objects,
         frames=overall.frames,
+        skipped_objects=skipped,
     )
 
 
 def compare_with_baselines(
     videos: Sequence[TrainVideo], model, max_videos: int = 16, max_frames: int = 24
 ) -> dict[str, ValidationResult]:
-    """The model and both trivial baselines on the same videos (the demo checkpoint's gates:
-    J&F >= 0.70 and at least 0.15 above the better baseline)."""
-    return {
-        name: validate(videos, model, max_videos, max_frames, predictor=name)
-        for name in ("model", "repeat_first", "empty")
-    }
+    """The model (from masks, and from text for referring models) and both trivial baselines
+    on the same videos (the demo checkpoint's gates: J&F >= 0.70 and at least 0.15 above the
+    better baseline, from masks)."""
+    names = ["model", "text", "repeat_first", "empty"]
+    if not can_refer(model):
+        names.remove("text")
+    return {name: validate(videos, model, max_videos, max_frames, predictor=name) for name in names}
