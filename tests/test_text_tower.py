@@ -234,3 +234,19 @@ def test_referring_config_errors(tmp_path):
     model = tower_model()
     with pytest.raises(ValueError, match="embeds its own text tower"):
         model.text_encoder = build_text_tower(TextTowerConfig())
+
+
+def test_tower_builds_its_tokenizer_only_when_text_arrives():
+    from surgray.model.open_clip_text import bpe_vocab_layout
+    from surgray.model.text_encoder import DeferredTokenizer
+
+    tower = build_text_tower(TextTowerConfig())
+    assert isinstance(tower._tokenizer, DeferredTokenizer)  # a mask-only job never builds it
+    tokenizer = load_vocab_tokenizer(str(shipped_vocab_path()))
+    layout = bpe_vocab_layout(shipped_vocab_path())
+    # CLIP's vocabulary: 49408 tokens, start- and end-of-text last.
+    assert (layout.size, layout.bos_token_id, layout.eos_token_id) == (49408, 49406, 49407)
+    assert (len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id) == (49408, 49406, 49407)
+    assert tower.model.config.vocab_size == 49408
+    tower.encode(["needle driver"])
+    assert tower.tokenizer is tokenizer

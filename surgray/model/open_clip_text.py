@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,6 +33,16 @@ def tokenizer_from_vocab(vocab_path: Path):
     if vocab_path.is_dir():
         require_tokenizer_files(vocab_path)
         return CLIPTokenizer.from_pretrained(str(vocab_path), local_files_only=True)
+    merges = _read_merges(vocab_path)
+    # open_clip's id order: byte symbols, the same with the end-of-word mark, merges, specials.
+    symbols = list(_bytes_to_unicode().values())
+    vocab_list = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(vocab_list)}
+    return CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges])
+
+
+def _read_merges(vocab_path: Path) -> list[str]:
     if not vocab_path.is_file():
         raise FileNotFoundError(f"vocabulary {vocab_path} does not exist")
     opener = gzip.open if vocab_path.suffix == ".gz" else open
@@ -40,12 +51,23 @@ def tokenizer_from_vocab(vocab_path: Path):
     merges = [m for m in lines[1 : 1 + _OPEN_CLIP_MERGES] if m.strip()]
     if not merges or any(len(m.split()) != 2 for m in merges):
         raise ValueError(f"{vocab_path} is not an open_clip BPE file (one 'a b' merge a line)")
-    # open_clip's id order: byte symbols, the same with the end-of-word mark, merges, specials.
-    symbols = list(_bytes_to_unicode().values())
-    vocab_list = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
-    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: i for i, token in enumerate(vocab_list)}
-    return CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges])
+    return merges
+
+
+@dataclass(frozen=True)
+class VocabLayout:
+    """Size and special ids of an open_clip BPE vocabulary, read without building a tokenizer."""
+
+    size: int
+    bos_token_id: int
+    eos_token_id: int
+
+
+def bpe_vocab_layout(vocab_path: Path) -> VocabLayout:
+    """What `tokenizer_from_vocab` would give for an open_clip merges file: 256 byte symbols,
+    the same with the end-of-word mark, one token per merge, then start- and end-of-text."""
+    size = 2 * 256 + len(_read_merges(vocab_path)) + 2
+    return VocabLayout(size=size, bos_token_id=size - 2, eos_token_id=size - 1)
 
 
 def _bytes_to_unicode() -> dict[int, str]:

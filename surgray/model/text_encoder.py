@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +70,14 @@ class _Encoded:
     projected: torch.Tensor | None
 
 
+@dataclass(frozen=True)
+class DeferredTokenizer:
+    """A tokenizer made on first use: building CLIP's from its 49k merges takes seconds that a
+    model only ever prompted by clicks, boxes or masks should not spend."""
+
+    build: Callable[[], Any]
+
+
 class TextEncoder(nn.Module):
     """A CLIP text transformer with its tokenizer and an LRU cache per expression.
 
@@ -91,7 +100,7 @@ class TextEncoder(nn.Module):
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
         self.trainable = trainable
         self.model = model if trainable else model.eval()
-        self.tokenizer = tokenizer
+        self._tokenizer = tokenizer  # or a DeferredTokenizer, built on first use
         self.projection = projection
         self.context_length = int(model.config.max_position_embeddings)
         self.width = int(model.config.hidden_size)
@@ -104,6 +113,12 @@ class TextEncoder(nn.Module):
         if not trainable:
             for p in self.parameters():
                 p.requires_grad_(False)
+
+    @property
+    def tokenizer(self) -> Any:
+        if isinstance(self._tokenizer, DeferredTokenizer):
+            self._tokenizer = self._tokenizer.build()
+        return self._tokenizer
 
     def train(self, mode: bool = True) -> TextEncoder:
         if not self.trainable:

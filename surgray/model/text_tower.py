@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from surgray.model.text_encoder import Overflow, TextEncoder
+from surgray.model.text_encoder import DeferredTokenizer, Overflow, TextEncoder
 
 SHIPPED_VOCAB = ("assets", "clip", "bpe_simple_vocab_16e6.txt.gz")
 
@@ -116,19 +116,25 @@ def build_text_tower(
     from torch import nn
     from transformers import CLIPTextModel
 
-    from surgray.model.open_clip_text import clip_text_config
+    from surgray.model.open_clip_text import VocabLayout, bpe_vocab_layout, clip_text_config
 
-    tokenizer = load_vocab_tokenizer(str(resolve_vocab(cfg.vocab)))
+    vocab = resolve_vocab(cfg.vocab)
+    if vocab.is_dir():  # a transformers tokenizer folder: its sizes come from the tokenizer
+        tokenizer = load_vocab_tokenizer(str(vocab))
+        layout = VocabLayout(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    else:
+        layout = bpe_vocab_layout(vocab)
+        tokenizer = DeferredTokenizer(functools.partial(load_vocab_tokenizer, str(vocab)))
     config = clip_text_config(
-        vocab_size=len(tokenizer),
+        vocab_size=layout.size,
         width=cfg.width,
         mlp_width=cfg.width * cfg.mlp_ratio,
         layers=cfg.layers,
         heads=cfg.heads,
         context_length=cfg.context_length,
         activation="quick_gelu",
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=layout.bos_token_id,
+        eos_token_id=layout.eos_token_id,
         projection_dim=cfg.embedding_width,
     )
     model = CLIPTextModel(config)
