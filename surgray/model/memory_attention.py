@@ -26,6 +26,14 @@ class RoPEAttention(nn.Module):
 
     Keys may hold several memory maps of the query grid's size (`rope_k_repeat`), followed by
     `num_k_exclude_rope` tokens without a grid position (object pointers), which stay unrotated.
+
+    At inference on CPU, when values come in narrower than a head (cross-attention reads
+    64-channel memories into 256-wide heads), the value projection is applied after the
+    attention instead of before: attention rows sum to one, so `A (V W^T + b) = (A V) W^T + b`
+    in exact arithmetic, and the weighted sum over the memory tokens runs on 64 channels
+    rather than 256. The attention is then computed explicitly in query chunks (the fused
+    kernel gains nothing from narrow values). Training and grad-enabled calls keep the
+    textbook order, so gradients and dropout are those of the reference.
     """
 
     def __init__(self, cfg: RoPEAttentionConfig) -> None:
@@ -60,9 +68,10 @@ class RoPEAttention(nn.Module):
         feat_hw: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """q: [B, Lq, C]; k, v: [B, Lk, C_kv]. Returns [B, Lq, C]."""
+        fold_values = _folds_value_projection(self, q)
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
-        v = self._heads(self.v_proj(v))
+        v = v[:, None] if fold_values else self._heads(self.v_proj(v))
 
         h, w = grid_size(q.shape[-2], feat_hw, self.configured_wh)
         num_k_rope = k.shape[-2] - num_k_exclude_rope
@@ -81,10 +90,47 @@ class RoPEAttention(nn.Module):
         q = self.rope.rotate(q, h, w)
         k = self.rope.rotate(k, h, w, repeat=repeat, num_exclude=num_k_exclude_rope)
 
-        dropout_p = self.dropout_p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        if fold_values:  # broadcasts a query row shared by every memory (see MemoryAttention)
+            out = self._attend_then_project_values(q, k, v)
+        else:
+            q = q.expand(k.shape[0], -1, -1, -1)
+            dropout_p = self.dropout_p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         out = out.transpose(1, 2).flatten(2)
         return self.out_proj(out)
+
+    def _attend_then_project_values(
+        self, q: torch.Tensor, k: torch.Tensor, values: torch.Tensor
+    ) -> torch.Tensor:
+        """Softmax attention over unprojected `values` [B, 1, Lk, C_kv], then the value
+        projection per head: [B, heads, Lq, head_dim], equal to attending over projected ones."""
+        q = q * (q.shape[-1] ** -0.5)
+        keys_t = k.transpose(-1, -2)
+        mixed = []
+        for start in range(0, q.shape[-2], _QUERY_CHUNK):
+            scores = torch.matmul(q[..., start : start + _QUERY_CHUNK, :], keys_t)
+            mixed.append(torch.matmul(scores.softmax(dim=-1), values))
+        out = mixed[0] if len(mixed) == 1 else torch.cat(mixed, dim=-2)  # [B, H, Lq, C_kv]
+        head_dim = self.internal_dim // self.num_heads
+        weight = self.v_proj.weight.reshape(self.num_heads, head_dim, self.kv_in_dim)
+        bias = self.v_proj.bias.reshape(self.num_heads, 1, head_dim)
+        return torch.matmul(out, weight.transpose(-1, -2)) + bias
+
+
+# Queries per block of the explicit attention: bounds its score matrix (256 x 7,200 memory
+# tokens is 7 MB in float32) and measured no slower than one block.
+_QUERY_CHUNK = 256
+
+
+def _folds_value_projection(attention: RoPEAttention, q: torch.Tensor) -> bool:
+    """Whether `attention` applies its value projection after attending (see RoPEAttention)."""
+    head_dim = attention.internal_dim // attention.num_heads
+    return (
+        attention.kv_in_dim < head_dim
+        and _inference(attention)
+        and q.device.type == "cpu"
+        and q.dtype == torch.float32
+    )
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -125,6 +171,8 @@ class MemoryAttentionLayer(nn.Module):
         num_k_exclude_rope: int = 0,
         feat_hw: tuple[int, int] | None = None,
     ) -> torch.Tensor:
+        """tgt, query_pos: [B, L, C] or [1, L, C] shared by the B memories' rows (then the
+        self-attention runs once and the result is [B, L, C]); memory, pos: [B, M, C_kv]."""
         normed = self.norm1(tgt)
         qk = normed + query_pos if self.pos_enc_at_attn else normed
         tgt = tgt + self.dropout1(self.self_attn(qk, qk, normed, feat_hw=feat_hw))
@@ -140,7 +188,13 @@ class MemoryAttentionLayer(nn.Module):
         tgt = tgt + self.dropout2(attended)
 
         normed = self.norm3(tgt)
-        hidden = self.dropout(self.activation(self.linear1(normed)))
+        hidden = self.linear1(normed)
+        if _inference(self):
+            # Same values as the functional form; saves a [B, L, dim_feedforward] buffer.
+            hidden = _ACTIVATIONS_IN_PLACE.get(self.activation, self.activation)(hidden)
+        else:
+            hidden = self.activation(hidden)
+        hidden = self.dropout(hidden)
         return tgt + self.dropout3(self.linear2(hidden))
 
 
@@ -171,17 +225,39 @@ class MemoryAttention(nn.Module):
         `feat_hw` = (h, w) of the current map; needed only when it is not square.
         """
         _check_inputs(curr, curr_pos, memory, memory_pos, num_obj_ptr_tokens, self.d_model)
-        output = curr + 0.1 * curr_pos if self.pos_enc_at_input else curr
-        for layer in self.layers:
+        if _shares_one_frame(self, curr, curr_pos):
+            # Objects of one frame (expanded views of one row): until the first cross-attention
+            # reads their memories, every row computes the same thing, so compute it once.
+            curr, first_pos = curr[:1], curr_pos[:1]
+        else:
+            first_pos = curr_pos
+        output = curr + 0.1 * first_pos if self.pos_enc_at_input else curr
+        for index, layer in enumerate(self.layers):
             output = layer(
                 output,
                 memory,
                 pos=memory_pos,
-                query_pos=curr_pos,
+                query_pos=first_pos if index == 0 else curr_pos,
                 num_k_exclude_rope=num_obj_ptr_tokens,
                 feat_hw=feat_hw,
             )
+        if output.shape[0] != memory.shape[0]:  # no layer to tell the rows apart
+            output = output.expand(memory.shape[0], -1, -1)
         return self.norm(output)
+
+
+def _inference(module: nn.Module) -> bool:
+    return not module.training and not torch.is_grad_enabled()
+
+
+_ACTIVATIONS_IN_PLACE = {F.relu: F.relu_}
+
+
+def _shares_one_frame(module: nn.Module, curr: torch.Tensor, curr_pos: torch.Tensor) -> bool:
+    """Whether the B > 1 query rows are one frame's features expanded (stride 0), at inference."""
+    return (
+        curr.shape[0] > 1 and curr.stride(0) == 0 and curr_pos.stride(0) == 0 and _inference(module)
+    )
 
 
 def _check_inputs(

@@ -86,6 +86,8 @@ class AxialRotaryEmbedding:
         if num_rot == 0:
             return x
         cos, sin = self.tables(height, width, x.device)
+        if x.dtype == torch.float32 and not (x.requires_grad and torch.is_grad_enabled()):
+            return _rotate_float32(x, cos, sin, repeat, num_rot)
         if repeat > 1:
             cos, sin = cos.repeat(repeat, 1), sin.repeat(repeat, 1)
         head = x[..., :num_rot, :].float()
@@ -95,6 +97,30 @@ class AxialRotaryEmbedding:
         if num_exclude == 0:
             return rotated
         return torch.cat([rotated, x[..., num_rot:, :]], dim=-2)
+
+
+def _rotate_float32(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, repeat: int, num_rot: int
+) -> torch.Tensor:
+    """The rotation of `AxialRotaryEmbedding.rotate` written straight into one output buffer:
+    the same products and sums in the same order (identical bits), without the repeated
+    tables, the stacked intermediate or the concatenation with the unrotated tokens. Writes
+    into buffers, so only where autograd is not recording (training takes the general path)."""
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if num_rot < x.shape[-2]:
+        out[..., num_rot:, :] = x[..., num_rot:, :]
+    source, target = x[..., :num_rot, :], out[..., :num_rot, :]
+    if repeat > 1:  # memory maps side by side share one table: broadcast over the maps
+        source = source.unflatten(-2, (repeat, num_rot // repeat))
+        target = target.unflatten(-2, (repeat, num_rot // repeat))
+    even, odd = source[..., 0::2], source[..., 1::2]
+    first, second = target[..., 0::2], target[..., 1::2]
+    scratch = torch.empty(first.shape, dtype=x.dtype, device=x.device)
+    torch.mul(even, cos, out=first)
+    first.sub_(torch.mul(odd, sin, out=scratch))
+    torch.mul(even, sin, out=second)
+    second.add_(torch.mul(odd, cos, out=scratch))
+    return out
 
 
 def grid_size(
