@@ -376,7 +376,10 @@ def test_the_referring_demo_recipe_starts_from_the_demo_checkpoint():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in demo.items())
     trainable = set(config.optim.trainable_prefixes)
     assert trainable == {f"{m}." for m in NEW_MODULES}
-    assert config.optim.unfreeze_at_step is None and set(config.model.init_from) == set(NEW_MODULES)
+    assert set(config.model.init_from) == set(NEW_MODULES)
+    # ReSurgSAM2's two stages: the new modules alone first, then all but the image encoder.
+    assert 0 < config.optim.unfreeze_at_step < config.schedule.total_steps
+    assert config.optim.frozen_prefixes == ("image_encoder.",)
 
 
 def test_a_clip_that_meets_no_trained_module_still_steps(tmp_path):

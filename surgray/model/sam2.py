@@ -160,13 +160,17 @@ class SAM2Model(nn.Module):
                 f"images must be {self.image_size}x{self.image_size} (the model's image_size), "
                 f"got {tuple(images.shape[-2:])}; see surgray.model.preprocess.to_model_input"
             )
-        out = self.image_encoder(images)
-        if self.uses_high_res_features:
-            fpn = list(out.backbone_fpn)
-            fpn[0] = self.sam_mask_decoder.conv_s0(fpn[0])
-            fpn[1] = self.sam_mask_decoder.conv_s1(fpn[1])
-            out = BackboneOutput(out.vision_features, list(out.vision_pos_enc), fpn)
-        return out
+        return self.project_high_res(self.image_encoder(images))
+
+    def project_high_res(self, out: BackboneOutput) -> BackboneOutput:
+        """The encoder's output with the two finest FPN levels through the decoder's
+        projections (they belong to the decoder, so they train with it)."""
+        if not self.uses_high_res_features:
+            return out
+        fpn = list(out.backbone_fpn)
+        fpn[0] = self.sam_mask_decoder.conv_s0(fpn[0])
+        fpn[1] = self.sam_mask_decoder.conv_s1(fpn[1])
+        return BackboneOutput(out.vision_features, list(out.vision_pos_enc), fpn)
 
     def frame_features(self, backbone: BackboneOutput, index: int = 0) -> FrameFeatures:
         """The features of frame `index` of a batch encoded by `encode_images` (batch 1 views)."""

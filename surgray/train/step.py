@@ -42,7 +42,6 @@ from surgray.model.frame_types import FrameFeatures, HeadsOutput
 from surgray.model.heads import mask_as_output, run_sam_heads, wants_multimask
 from surgray.model.memory_readout import condition_on_memory
 from surgray.model.memory_writer import encode_memory
-from surgray.model.types import BackboneOutput
 from surgray.tracking.memory.types import MemoryEntry
 from surgray.train.clicks import Clicks
 from surgray.train.clip_data import TrainingClip
@@ -95,11 +94,7 @@ def encode_clip(model: SAM2Model, images: torch.Tensor) -> list[FrameFeatures]:
         return model.encode_frames(images)
     with torch.no_grad():
         out = model.image_encoder(images)
-    if model.uses_high_res_features:
-        fpn = list(out.backbone_fpn)
-        fpn[0] = model.sam_mask_decoder.conv_s0(fpn[0])
-        fpn[1] = model.sam_mask_decoder.conv_s1(fpn[1])
-        out = BackboneOutput(out.vision_features, list(out.vision_pos_enc), fpn)
+    out = model.project_high_res(out)
     return [model.frame_features(out, k) for k in range(images.shape[0])]
 
 
