@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from surgray.model.checkpoint import load_checkpoint
 from surgray.model.sam2 import SAM2Model
@@ -19,12 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "surgray" / "assets" / "demo" / "model.pt"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_demo_checkpoint_loads_strictly_and_tracks_a_held_out_clip():

@@ -14,13 +14,7 @@ from surgray.train.checkpoints import MODEL_FILE, STATE_FILE, load_trained_model
 from surgray.train.config import parse_train_config
 from surgray.train.loop import LoopHooks, WorkerLoop
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(tmp_path: Path, **sections):

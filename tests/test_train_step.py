@@ -25,12 +25,7 @@ POINTS = PromptSimConfig(prob_point_input=1.0, prob_box_input=0.0, num_correctio
 MASKS = PromptSimConfig(prob_point_input=0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def micro(**changes) -> SAM2Model:

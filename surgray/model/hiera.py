@@ -81,27 +81,18 @@ def plan_blocks(cfg: HieraConfig) -> list[BlockPlan]:
     return plans
 
 
-def _pad_to_windows(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Zero-pad a [B, H, W, C] map at the bottom/right up to a multiple of `window`."""
-    pad_h = -x.shape[1] % window
-    pad_w = -x.shape[2] % window
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    return x
-
-
-def _split_windows(x: torch.Tensor, window: int) -> torch.Tensor:
-    """[B, H, W, C] (H, W multiples of `window`) -> [B * nH * nW, window, window, C]."""
+def _pad_to_windows(x: torch.Tensor, window: int, fill: torch.Tensor | None) -> torch.Tensor:
+    """Pad a [B, H, W, C] map at the bottom/right up to a multiple of `window` with `fill`
+    ([C], or zeros when None)."""
     b, h, w, c = x.shape
-    x = x.view(b, h // window, window, w // window, window, c)
-    return x.transpose(2, 3).reshape(-1, window, window, c)
-
-
-def _merge_windows(windows: torch.Tensor, batch: int, grid_h: int, grid_w: int) -> torch.Tensor:
-    """Inverse of `_split_windows`: [B * nH * nW, wh, ww, C] -> [B, nH * wh, nW * ww, C]."""
-    _, wh, ww, c = windows.shape
-    x = windows.view(batch, grid_h, grid_w, wh, ww, c).transpose(2, 3)
-    return x.reshape(batch, grid_h * wh, grid_w * ww, c)
+    pad_h, pad_w = -h % window, -w % window
+    if not (pad_h or pad_w):
+        return x
+    if fill is None:
+        return F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    padded = fill.to(x.dtype).expand(b, h + pad_h, w + pad_w, c).clone()
+    padded[:, :h, :w] = x
+    return padded
 
 
 def max_pool_2d(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
@@ -145,23 +136,30 @@ class PooledWindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, _ = x.shape
+        # The official model zero-pads the normed map to whole windows before this projection;
+        # a zero token projects to the bias, so projecting the real tokens and padding with the
+        # bias gives the same q/k/v without projecting the padding (32 -> 42 tokens a side in
+        # Hiera-T's third stage at 512 px). Padded tokens still take part as keys.
+        qkv = self.qkv(x)
         if self.window:
-            x = _pad_to_windows(x, self.window)
-            grid_h, grid_w = x.shape[1] // self.window, x.shape[2] // self.window
-            x = _split_windows(x, self.window)
-        groups, gh, gw, _ = x.shape  # attention groups: windows, or whole images
-
-        qkv = self.qkv(x).view(groups, gh, gw, 3, self.num_heads, -1)
-        q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)  # each [G, heads, gh, gw, d]
+            qkv = _pad_to_windows(qkv, self.window, self.qkv.bias)
+            win_h = win_w = self.window
+        else:
+            win_h, win_w = height, width
+        grid_h, grid_w = qkv.shape[1] // win_h, qkv.shape[2] // win_w
+        # [B, gh, wh, gw, ww, 3, heads, d] -> [3, B * gh * gw, heads, wh, ww, d] in one copy.
+        qkv = qkv.view(batch, grid_h, win_h, grid_w, win_w, 3, self.num_heads, -1)
+        qkv = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7)
+        q, k, v = qkv.reshape(3, -1, self.num_heads, win_h, win_w, qkv.shape[-1]).unbind(0)
         if self.q_stride is not None:
             q = max_pool_2d(q, self.q_stride)
             height, width = height // self.q_stride[0], width // self.q_stride[1]
         qh, qw = q.shape[2], q.shape[3]
         out = F.scaled_dot_product_attention(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3))
-        out = out.transpose(1, 2).reshape(groups, qh, qw, -1)
-
+        # [B * gh * gw, heads, qh * qw, d] -> [B, gh * qh, gw * qw, heads * d]
+        out = out.view(batch, grid_h, grid_w, self.num_heads, qh, qw, -1)
+        out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(batch, grid_h * qh, grid_w * qw, -1)
         if self.window:
-            out = _merge_windows(out, batch, grid_h, grid_w)
             out = out[:, :height, :width]
         return self.proj(out)
 

@@ -139,38 +139,15 @@ def _attend(
     batch, channels, h, w = image_embed.shape
     curr = image_embed.flatten(2).transpose(1, 2)
     curr_pos = image_pos.flatten(2).transpose(1, 2)
-    if batch > 1 and _one_object_at_a_time(model, image_embed):
-        rows = [
-            model.memory_attention(
-                curr=curr[i : i + 1],
-                curr_pos=curr_pos[i : i + 1],
-                memory=memory[i : i + 1],
-                memory_pos=memory_pos[i : i + 1],
-                num_obj_ptr_tokens=num_pointer_tokens,
-                feat_hw=(h, w),
-            )
-            for i in range(batch)
-        ]
-        out = torch.cat(rows)
-    else:
-        out = model.memory_attention(
-            curr=curr,
-            curr_pos=curr_pos,
-            memory=memory,
-            memory_pos=memory_pos,
-            num_obj_ptr_tokens=num_pointer_tokens,
-            feat_hw=(h, w),
-        )
+    out = model.memory_attention(
+        curr=curr,
+        curr_pos=curr_pos,
+        memory=memory,
+        memory_pos=memory_pos,
+        num_obj_ptr_tokens=num_pointer_tokens,
+        feat_hw=(h, w),
+    )
     return out.transpose(1, 2).reshape(batch, channels, h, w)
-
-
-def _one_object_at_a_time(model: SAM2Model, image_embed: torch.Tensor) -> bool:
-    """Whether memory attention runs object by object: at inference on CPU. Each object's
-    attention over ~7k memory tokens has a working set of tens of MB; batching objects
-    multiplies it past the caches, and on a shared 2-core machine the batched pass measured
-    1.5x slower than one object after another (benchmarks/README.md, section 1). GPUs and
-    training keep the batched pass."""
-    return image_embed.device.type == "cpu" and not model.training and not torch.is_grad_enabled()
 
 
 def condition_on_memory(

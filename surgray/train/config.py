@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from surgray.config import describe_validation_error
 from surgray.model.referring import ReferringConfig
 from surgray.train.losses import LossConfig
 from surgray.train.optim import OptimConfig
@@ -273,13 +274,6 @@ def has_text_source(referring: ReferringConfig) -> bool:
     return referring.text_encoder is not None or getattr(referring, "text_tower", None) is not None
 
 
-def _describe(error: dict) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        return f"{where}: unknown key"
-    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
-
-
 def parse_train_config(data: Any, source: str = "config") -> TrainConfig:
     """A `TrainConfig` from plain data; every problem is listed as `section.key: message`."""
     if isinstance(data, TrainConfig):
@@ -291,5 +285,6 @@ def parse_train_config(data: Any, source: str = "config") -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(_describe(e) for e in exc.errors())
-        raise TrainConfigError(f"{source}: invalid training config: {problems}") from None
+        raise TrainConfigError(
+            describe_validation_error(exc, TrainConfig, source, "training")
+        ) from None
