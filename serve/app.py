@@ -1,6 +1,6 @@
 """The Ray Serve application: one ingress deployment of tracker replicas, sessions pinned.
 
-    serve run serve.app:app insecure=true                  # local demo, random micro model
+    serve run serve.app:app insecure=true                  # local demo, shipped demo checkpoint
     serve run serve.app:app config=my_serve_config.yaml    # or a plain ServeConfig YAML
     serve deploy configs/serve.yaml                        # Ray's config file; args below
 
@@ -12,9 +12,9 @@ config file, or `key=value` pairs after `serve run`). The args are `ServeConfig`
 - flat shortcuts for the command line: `config=<yaml>` (base config), `insecure=true`
   (no authentication: local demos only), `checkpoint=`, `variant=`, `image_size=`, `policy=`
   (model fields), `num_cpus=` (replica CPUs).
-Without a `model`, the demo model is served: the `micro` variant with random weights
-(`checkpoint: random:0`), announced as such in `/v1/models` and in the log, until a trained
-demo checkpoint ships. Tokens and the session-id key come from the environment (see
+Without a `model`, the shipped referring demo checkpoint is served (`checkpoint:
+demo:referring`: the micro network at 128 px with its own text tower, trained on synthetic
+clips), which takes masks, points, boxes and text expressions. Tokens and the session-id key come from the environment (see
 `configs/serve.yaml`); with no token and no explicit insecure flag the app refuses to start.
 
 Each replica holds the model, a bounded session store and the FastAPI app of
@@ -42,10 +42,13 @@ DEPLOYMENT_NAME = "SegmentationServer"
 DEMO_MODEL: dict[str, Any] = {
     "name": "default",
     "variant": "micro",
-    "checkpoint": "random:0",
+    "checkpoint": "demo:referring",
     "image_size": 128,
     "policy": "recent",
-    "description": "demo micro model (no trained demo checkpoint yet)",
+    "description": (
+        "shipped demo checkpoint: micro SAM2.1 with a small text tower, trained on synthetic "
+        "clips only (masks and text prompts; not for surgical use)"
+    ),
 }
 DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 1}
 MODEL_SHORTCUTS = ("checkpoint", "variant", "image_size", "policy")
@@ -86,7 +89,12 @@ def resolve_args(args: dict[str, Any] | None) -> tuple[ServeConfig, dict[str, An
     insecure = rest.pop("insecure", None)
     shortcuts = {key: rest.pop(key) for key in MODEL_SHORTCUTS if key in rest}
     merged = _merge(base, rest)
-    merged["model"] = {**merged.get("model", DEMO_MODEL), **shortcuts}
+    model = merged.get("model")
+    if model is None:
+        model = dict(DEMO_MODEL)
+        if "checkpoint" in shortcuts:  # the demo's description would not describe that file
+            del model["description"]
+    merged["model"] = {**model, **shortcuts}
     if insecure is not None:
         merged["auth"] = {**merged.get("auth", {}), "insecure_no_auth": _flag(insecure, "insecure")}
     return ServeConfig.from_args(merged), actor_options

@@ -174,18 +174,19 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # -- configuration -------------------------------------------------------------------------------
-def test_builder_defaults_to_the_random_demo_model_and_reads_serve_yaml():
+def test_builder_defaults_to_the_shipped_demo_checkpoint_and_reads_serve_yaml():
     import yaml
 
     from serve.app import DEMO_MODEL, build_app_from_args, resolve_args
     from surgray.serving.config import ServeConfigError
 
     config, actor = resolve_args({"insecure": "true"})
-    assert config.model.checkpoint == "random:0" and config.model.variant == "micro"
+    assert config.model.checkpoint == "demo:referring" and config.model.variant == "micro"
     assert config.auth.insecure_no_auth and actor == {"num_cpus": 1}
-    assert DEMO_MODEL["checkpoint"] == "random:0"
+    assert DEMO_MODEL["checkpoint"] == "demo:referring"
     config, actor = resolve_args({"checkpoint": "s3://b/m.pt", "num_cpus": "0.5", "replicas": "3"})
     assert (config.model.checkpoint, config.replicas, actor["num_cpus"]) == ("s3://b/m.pt", 3, 0.5)
+    assert config.model.description == ""  # not the demo checkpoint's
     assert not config.auth.insecure_no_auth  # never implied
     with pytest.raises(ServeConfigError, match="insecure must be true or false"):
         resolve_args({"insecure": "maybe"})

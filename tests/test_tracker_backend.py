@@ -23,14 +23,14 @@ from surgray.serving.model_loading import (
     resolve_variant,
 )
 from surgray.serving.schemas import CreateSessionRequest, PromptsRequest, SegmentRequest
-from surgray.serving.tracker_backend import (
+from surgray.serving.session_prompts import (
     FrameSizeMismatch,
     InvalidFrameIndex,
     InvalidPrompt,
     TextPromptsUnavailable,
-    TrackerBackend,
     UnknownObject,
 )
+from surgray.serving.tracker_backend import TrackerBackend
 
 HEIGHT, WIDTH = 48, 64
 
@@ -151,6 +151,26 @@ def test_checkpoint_round_trip_and_load_errors(tmp_path):
         load_served_model(ServedModel(variant="micro", checkpoint="random:abc"))
     with pytest.raises(ModelLoadError, match="precision 'int3'"):
         load_served_model(ServedModel(variant="micro", checkpoint="random:0", precision="int3"))
+
+
+def test_shipped_demo_checkpoints_load_by_name_with_their_own_text_tower():
+    from surgray.model.referring import ReSurgSAM2
+
+    loaded = load_served_model(
+        ServedModel(variant="micro", checkpoint="demo:referring", image_size=128), device="cpu"
+    )
+    assert loaded.text_prompts and not loaded.random_weights
+    assert isinstance(loaded.tracker.model, ReSurgSAM2)
+    assert loaded.tracker.model.text_tower is not None
+    masks_only = load_served_model(ServedModel(variant="micro", checkpoint="demo:model"))
+    assert not masks_only.text_prompts
+    with pytest.raises(ModelLoadError, match="shipped: demo:model, demo:referring"):
+        load_served_model(ServedModel(variant="micro", checkpoint="demo:large"))
+    # A separate CLIP folder would not match the fusion trained with the embedded tower.
+    with pytest.raises(ModelLoadError, match="embeds its own text tower"):
+        load_served_model(
+            ServedModel(variant="micro", checkpoint="demo:referring", text_encoder="/clip")
+        )
 
 
 # -- backend -------------------------------------------------------------------------------------

@@ -21,6 +21,13 @@ DEMO = REPO / "surgray" / "assets" / "demo" / "model.pt"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def test_demo_recipe_is_a_fixed_number_of_steps():
+    # A time limit would make the documented command's result depend on the machine's speed.
+    config = TrainConfig.from_yaml(REPO / "configs" / "train_demo.yaml")
+    assert config.schedule.time_limit_s is None and config.schedule.max_steps is None
+    assert config.schedule.total_steps == 3600
+
+
 def test_demo_checkpoint_loads_strictly_and_tracks_a_held_out_clip():
     model = load_trained_model(DEMO)
     assert (model.cfg.name, model.image_size) == ("micro", 128)

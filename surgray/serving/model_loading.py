@@ -5,12 +5,15 @@ fsspec by `surgray.model.checkpoint`), never from a hub and never from a client.
 tests without a checkpoint, `checkpoint: "random:<seed>"` builds the variant with random
 weights from that seed (the same seed gives the same weights in every process). Such a model
 is announced as random in its `/v1/models` description and in the replica's log, because its
-masks mean nothing.
+masks mean nothing. `checkpoint: "demo:referring"` (or `"demo:model"`) names a checkpoint
+shipped in `surgray/assets/demo/`, found in each replica's own copy of the package.
 
 Text prompts need a `ReSurgSAM2` (referring fusion + CLIP text encoder). One is built when the
 checkpoint is a referring one (our metadata carries its `ReferringConfig`, or it holds the
 released ReSurgSAM2 keys) or when the config names `text_encoder`; that folder, when given,
-replaces the one the checkpoint's metadata names. The checkpoint file is read once.
+replaces the one the checkpoint's metadata names. A checkpoint with an embedded text tower (the
+shipped `surgray/assets/demo/referring.pt`) brings its own and takes no folder. The checkpoint
+file is read once.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ logger = logging.getLogger(__name__)
 RANDOM_WEIGHTS_PREFIX = "random:"
 _RANDOM = re.compile(r"^random:(\d{1,10})$")
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS (demo only: masks are meaningless)"
+SHIPPED_PREFIX = "demo:"
 _PRECISIONS = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -54,6 +58,24 @@ def random_weights_seed(checkpoint: str) -> int | None:
             "e.g. 'random:0'"
         )
     return int(match.group(1))
+
+
+def shipped_checkpoint(checkpoint: str) -> str:
+    """The path of a `demo:<name>` checkpoint (a file shipped in `surgray/assets/demo/`),
+    resolved where the model is loaded, so every node of a cluster finds its own copy; any
+    other value unchanged."""
+    if not checkpoint.startswith(SHIPPED_PREFIX):
+        return checkpoint
+    from surgray.demo_inputs import DEMO_ASSETS
+
+    name = checkpoint[len(SHIPPED_PREFIX) :]
+    shipped = sorted(path.stem for path in DEMO_ASSETS.glob("*.pt"))
+    if name not in shipped:
+        raise ModelLoadError(
+            f"model.checkpoint {checkpoint!r}: no such shipped checkpoint; shipped: "
+            f"{', '.join(SHIPPED_PREFIX + n for n in shipped)}"
+        )
+    return str(DEMO_ASSETS / f"{name}.pt")
 
 
 @dataclass
@@ -98,12 +120,21 @@ def _autocast(precision: str, device: Any) -> Any:
 
 def _referring_config(served: ServedModel, cfg: Any, metadata: dict | None) -> Any:
     """The checkpoint's referring config (or the default for the network), with the config's
-    text encoder folder in place of the checkpoint's."""
+    text encoder folder in place of the checkpoint's; a checkpoint with an embedded text tower
+    (the shipped `referring.pt`) needs no folder."""
     from surgray.model.referring import ReferringConfig, _default_referring
     from surgray.model.referring_checkpoint import REFERRING_METADATA_KEY
 
     saved = (metadata or {}).get(REFERRING_METADATA_KEY)
     referring = ReferringConfig.model_validate_json(saved) if saved else _default_referring(cfg)
+    if referring.text_tower is not None:  # the checkpoint carries its own trained text tower
+        if served.text_encoder is not None:
+            raise ModelLoadError(
+                f"model {served.name!r}: the checkpoint embeds its own text tower, trained "
+                "with it; remove model.text_encoder (a separate CLIP text encoder would not "
+                "match the checkpoint's fusion)"
+            )
+        return referring
     if served.text_encoder is not None:
         referring = referring.model_copy(update={"text_encoder": served.text_encoder})
     if referring.text_encoder is None:
@@ -145,7 +176,8 @@ def _build(
             else:
                 model = SAM2Model(cfg)
         return model, referring
-    state_dict, metadata = read_state_dict(served.checkpoint, storage_options)
+    path = shipped_checkpoint(served.checkpoint)
+    state_dict, metadata = read_state_dict(path, storage_options)
     cfg = stored_or_variant_config(
         resolve_variant(served.variant), metadata, image_size=served.image_size
     )
@@ -156,10 +188,10 @@ def _build(
     )
     if referring:
         model = ReSurgSAM2(cfg, _referring_config(served, cfg, metadata))
-        load_referring_state_dict(model, state_dict, served.checkpoint)
+        load_referring_state_dict(model, state_dict, path)
     else:
         model = SAM2Model(cfg)
-        check_state_dict(model, state_dict, served.checkpoint, ())
+        check_state_dict(model, state_dict, path, ())
         model.load_state_dict(state_dict)
     return model, referring
 

@@ -8,7 +8,8 @@ the next frame (the default; consumed when that frame is stepped). Frames of all
 through one `MicroBatcher`, so concurrent sessions share `Tracker.step_many` calls (one
 batched image-encoder pass).
 
-Client mistakes are 422s that name what is wrong and leave the session usable:
+Client mistakes are 422s that name what is wrong and leave the session usable (prompts are
+checked by `session_prompts` before anything changes):
 `frame_size_mismatch`, `invalid_prompt`, `invalid_frame_index`, `unknown_object` (an id the
 session does not track, given only background clicks, which cannot start an object), and
 `text_prompts_unavailable` while the deployed model has no text encoder / referring fusion.
@@ -26,7 +27,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,35 +36,19 @@ from surgray.serving.batching import MicroBatcher
 from surgray.serving.config import LimitsConfig, ServeConfig
 from surgray.serving.errors import Unprocessable
 from surgray.serving.model_loading import LoadedModel, load_served_model
-from surgray.serving.schemas import (
-    CreateSessionRequest,
-    ModelInfo,
-    PromptObject,
-    PromptsRequest,
-    SegmentRequest,
+from surgray.serving.schemas import CreateSessionRequest, ModelInfo, PromptsRequest, SegmentRequest
+from surgray.serving.session_prompts import (
+    CheckedPrompt,
+    FrameSizeMismatch,
+    InvalidPrompt,
+    TextPromptsUnavailable,
+    TrackerSession,
+    assign_text_ids,
+    check_prompts,
+    frame_problem,
 )
 
 logger = logging.getLogger(__name__)
-
-
-class TextPromptsUnavailable(Unprocessable):
-    code = "text_prompts_unavailable"
-
-
-class InvalidPrompt(Unprocessable):
-    code = "invalid_prompt"
-
-
-class UnknownObject(Unprocessable):
-    code = "unknown_object"
-
-
-class InvalidFrameIndex(Unprocessable):
-    code = "invalid_frame_index"
-
-
-class FrameSizeMismatch(Unprocessable):
-    code = "frame_size_mismatch"
 
 
 class InvalidVideo(Unprocessable):
@@ -79,48 +63,6 @@ class FrameLimit(Unprocessable):
     code = "frame_limit"  # the same code the service's own frame-count check reports
 
 
-@dataclass(frozen=True)
-class CheckedPrompt:
-    """One object's prompt, decoded; `frame_idx` None means the session's first frame."""
-
-    obj_id: int
-    label: str | None
-    frame_idx: int | None
-    points: np.ndarray | None = None  # [P, 2] (x, y) pixels
-    point_labels: np.ndarray | None = None  # [P] 1 / 0
-    box: tuple[float, float, float, float] | None = None
-    mask: np.ndarray | None = None  # [H, W] bool
-
-
-@dataclass(eq=False)
-class TrackerSession:
-    session_id: str
-    model: str
-    video: Any = None  # surgray.tracking.state.VideoState, from the first frame on
-    waiting: dict[int, CheckedPrompt] = field(default_factory=dict)  # before the first frame
-    texts: dict[int, str] = field(default_factory=dict)  # obj_id -> expression, in order given
-    closed: bool = False
-
-    @property
-    def obj_ids(self) -> list[int]:
-        """Text objects first (in the order of `expressions`), then the prompted ones."""
-        ids = list(self.texts)
-        if self.video is not None:
-            ids += [obj_id for obj_id in self.video.obj_ids if obj_id not in self.texts]
-        return ids + [obj_id for obj_id in self.waiting if obj_id not in ids]
-
-    @property
-    def expressions(self) -> list[str]:
-        return list(self.texts.values())
-
-    def mask_size(self) -> tuple[int, int] | None:
-        """The frame size the waiting mask prompts imply (they all share it)."""
-        for prompt in self.waiting.values():
-            if prompt.mask is not None:
-                return prompt.mask.shape
-        return None
-
-
 def _sigmoid(logit: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(min(logit, 60.0), -60.0)))
 
@@ -130,10 +72,6 @@ def _object_state(obj: Any) -> str:
     if obj.state != "tracking":
         return obj.state
     return "tracking" if obj.present else "lost"
-
-
-def _has_foreground(obj: PromptObject) -> bool:
-    return obj.box is not None or obj.mask is not None or 1 in obj.point_labels
 
 
 class TrackerBackend:
@@ -188,8 +126,8 @@ class TrackerBackend:
     def open_session(self, session_id: str, request: CreateSessionRequest) -> TrackerSession:
         self._refuse_text(request.expressions)
         session = TrackerSession(session_id, request.model or self.loaded.served.name)
-        prompts = self._check_prompts(session, request.objects)
-        texts = self._text_ids(session, request.expressions, prompts)
+        prompts = check_prompts(session, request.objects)
+        texts = assign_text_ids(session, request.expressions, prompts)
         for prompt in prompts:
             session.waiting[prompt.obj_id] = prompt
         session.texts.update(texts)  # added to the tracker with the first frame
@@ -212,8 +150,8 @@ class TrackerBackend:
 
     def add_prompts(self, state: TrackerSession, request: PromptsRequest) -> None:
         self._refuse_text(request.expressions)
-        prompts = self._check_prompts(state, request.objects)
-        texts = self._text_ids(state, request.expressions, prompts)
+        prompts = check_prompts(state, request.objects)
+        texts = assign_text_ids(state, request.expressions, prompts)
         if state.video is None:
             for prompt in prompts:
                 state.waiting[prompt.obj_id] = prompt
@@ -224,27 +162,6 @@ class TrackerBackend:
         for obj_id, text in texts.items():
             self._add_text(state.video, obj_id, text)
             state.texts[obj_id] = text
-
-    def _text_ids(
-        self, state: TrackerSession, expressions: list[str], prompts: list[CheckedPrompt]
-    ) -> dict[int, str]:
-        """obj_id -> expression for new expressions: the lowest ids nothing else holds."""
-        known = {text: obj_id for obj_id, text in state.texts.items()}
-        repeated = [f"{text!r} (object {known[text]})" for text in expressions if text in known]
-        if repeated:
-            raise InvalidPrompt(
-                f"the session already tracks the expressions {', '.join(repeated)}; "
-                "send only new ones"
-            )
-        taken = set(state.obj_ids) | {prompt.obj_id for prompt in prompts}
-        assigned: dict[int, str] = {}
-        next_id = 1
-        for text in expressions:
-            while next_id in taken:
-                next_id += 1
-            assigned[next_id] = text
-            taken.add(next_id)
-        return assigned
 
     def _add_text(self, video: Any, obj_id: int, text: str) -> None:
         try:
@@ -277,7 +194,7 @@ class TrackerBackend:
         problems = {
             obj_id: problem
             for obj_id, prompt in state.waiting.items()
-            if (problem := self._frame_problem(prompt, (height, width))) is not None
+            if (problem := frame_problem(prompt, (height, width))) is not None
         }
         if problems:
             for obj_id in problems:
@@ -321,108 +238,6 @@ class TrackerBackend:
         return TrackedFrame(result.frame_idx, height, width, objects)
 
     # -- prompts --------------------------------------------------------------------------------
-    def _check_prompts(
-        self, state: TrackerSession, objects: list[PromptObject]
-    ) -> list[CheckedPrompt]:
-        """Ids assigned and everything checked that can be, before anything changes."""
-        known = set(state.obj_ids)
-        taken = known | {obj.obj_id for obj in objects if obj.obj_id is not None}
-        next_id = 1
-        implied = state.mask_size() if state.video is None else tuple(state.video.frame_size)
-        checked = []
-        for position, obj in enumerate(objects):
-            obj_id = obj.obj_id
-            if obj_id is None:
-                while next_id in taken:
-                    next_id += 1
-                obj_id = next_id
-                taken.add(obj_id)
-            where = f"objects[{position}] (obj_id {obj_id})"
-            if obj.mask is not None and (obj.points or obj.box is not None):
-                raise InvalidPrompt(f"{where}: give a mask, or points and/or a box, not both")
-            if obj_id not in known and not _has_foreground(obj):
-                error = UnknownObject if obj.obj_id is not None else InvalidPrompt
-                raise error(
-                    f"{where}: the session tracks no object {obj_id} (objects: "
-                    f"{sorted(known) or 'none'}), and background clicks alone cannot start "
-                    "one; add a box, a mask or a foreground click (label 1)"
-                )
-            mask = self._decode_mask(obj, where)
-            if mask is not None:
-                if implied is not None and mask.shape != implied:
-                    raise InvalidPrompt(
-                        f"{where}: the mask is {mask.shape[1]}x{mask.shape[0]} (width x height) "
-                        f"but the session's frames are {implied[1]}x{implied[0]}"
-                    )
-                implied = mask.shape
-            prompt = CheckedPrompt(
-                obj_id=obj_id,
-                label=obj.label,
-                frame_idx=self._frame_index(state, obj.frame_index, where),
-                points=np.asarray(obj.points, dtype=np.float64) if obj.points else None,
-                point_labels=np.asarray(obj.point_labels, dtype=np.int32) if obj.points else None,
-                box=obj.box,
-                mask=mask,
-            )
-            if state.video is not None:
-                problem = self._frame_problem(prompt, tuple(state.video.frame_size))
-                if problem is not None:
-                    raise InvalidPrompt(f"{where}: {problem}")
-            checked.append(prompt)
-        return checked
-
-    @staticmethod
-    def _decode_mask(obj: PromptObject, where: str) -> np.ndarray | None:
-        if obj.mask is None:
-            return None
-        from surgray.io.masks import MaskFormatError, decode_rle
-
-        try:
-            return decode_rle([obj.mask.model_dump()])[0]
-        except MaskFormatError as exc:
-            raise InvalidPrompt(f"{where}: mask: {exc}") from None
-
-    @staticmethod
-    def _frame_index(state: TrackerSession, frame_index: int | None, where: str) -> int | None:
-        video = state.video
-        if video is None:
-            if frame_index not in (None, 0):
-                raise InvalidFrameIndex(
-                    f"{where}: frame_index {frame_index}, but the session has no frame yet; "
-                    "prompts before the first frame apply to it (frame_index 0 or omitted)"
-                )
-            return None
-        allowed = [video.next_frame_idx]
-        if video.last_frame_idx is not None:
-            allowed.insert(0, video.last_frame_idx)
-        if frame_index is None:
-            return video.next_frame_idx
-        if frame_index not in allowed:
-            raise InvalidFrameIndex(
-                f"{where}: frame_index {frame_index}; prompts may name the frame processed last "
-                f"({video.last_frame_idx}) or the next one ({video.next_frame_idx})"
-            )
-        return frame_index
-
-    @staticmethod
-    def _frame_problem(prompt: CheckedPrompt, frame_size: tuple[int, int]) -> str | None:
-        """Why the prompt does not fit frames of `frame_size`, or None."""
-        from surgray.tracking.prompts import check_box, check_points
-
-        try:
-            if prompt.points is not None:
-                check_points(prompt.points, prompt.point_labels, frame_size)
-            if prompt.box is not None:
-                check_box(prompt.box, frame_size)
-        except (TypeError, ValueError) as exc:
-            return str(exc)
-        if prompt.mask is not None and prompt.mask.shape != tuple(frame_size):
-            height, width = prompt.mask.shape
-            return (
-                f"the mask is {width}x{height} but the frames are {frame_size[1]}x{frame_size[0]}"
-            )
-        return None
-
     def _apply(self, video: Any, prompt: CheckedPrompt) -> None:
         frame_idx = video.next_frame_idx if prompt.frame_idx is None else prompt.frame_idx
         try:
