@@ -14,8 +14,9 @@ config file, or `key=value` pairs after `serve run`). The args are `ServeConfig`
   (model fields), `num_cpus=` (replica CPUs).
 Without a `model`, the shipped referring demo checkpoint is served (`checkpoint:
 demo:referring`: the micro network at 128 px with its own text tower, trained on synthetic
-clips), which takes masks, points, boxes and text expressions. Tokens and the session-id key come from the environment (see
-`configs/serve.yaml`); with no token and no explicit insecure flag the app refuses to start.
+clips), which takes masks, points, boxes and text expressions. Tokens and the session-id key
+come from the environment (see `configs/serve.yaml`); with no token and no explicit insecure
+flag the app refuses to start.
 
 Each replica holds the model, a bounded session store and the FastAPI app of
 `surgray.serving.http_app`; `serve.router.SessionAffinityRouter` sends a session's requests
