@@ -232,3 +232,17 @@ def test_loaders_build_the_network_a_checkpoint_was_saved_with(tmp_path):
         stored_or_variant_config("tiny", metadata)
     assert get_variant("tiny").name == "sam2.1_hiera_tiny"
     assert get_variant("b+").name == "sam2.1_hiera_base_plus"
+
+
+def test_shipped_checkpoints_read_by_name():
+    from pathlib import Path
+
+    from surgray.model.checkpoint import read_state_dict
+
+    shipped = Path(surgray.__file__).parent / "assets" / "demo" / "model.pt"
+    by_name, metadata = read_state_dict("demo:model")
+    by_path, _ = read_state_dict(shipped)
+    assert metadata is not None and by_name.keys() == by_path.keys()
+    assert all(torch.equal(by_name[k], by_path[k]) for k in by_path)
+    with pytest.raises(CheckpointError, match="shipped: demo:model, demo:referring"):
+        read_state_dict("demo:large")

@@ -100,12 +100,35 @@ def _read_bytes_or_path(source: str, storage_options: dict[str, Any] | None) -> 
         raise CheckpointError(f"checkpoint {source}: access denied: {exc}") from exc
 
 
+SHIPPED_PREFIX = "demo:"
+
+
+def _shipped_path(source: str) -> str:
+    """The file of a `demo:<name>` checkpoint; any other source unchanged."""
+    if not source.startswith(SHIPPED_PREFIX):
+        return source
+    from surgray.demo_inputs import DEMO_ASSETS
+
+    name = source[len(SHIPPED_PREFIX) :]
+    shipped = sorted(path.stem for path in DEMO_ASSETS.glob("*.pt"))
+    if name not in shipped:
+        raise CheckpointError(
+            f"checkpoint {source!r}: no such shipped checkpoint; shipped: "
+            f"{', '.join(SHIPPED_PREFIX + n for n in shipped)}"
+        )
+    return str(DEMO_ASSETS / f"{name}.pt")
+
+
 def read_state_dict(
     source: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """(state dict, our metadata or None) of a checkpoint file, tensors on the CPU."""
+    """(state dict, our metadata or None) of a checkpoint file, tensors on the CPU.
+
+    `demo:<name>` names a checkpoint shipped in `surgray/assets/demo/` (`demo:model`,
+    `demo:referring`), resolved in the process that reads it, so every node of a cluster uses
+    its own copy of the package."""
     text = os.fspath(source)
-    target = _read_bytes_or_path(text, storage_options)
+    target = _read_bytes_or_path(_shipped_path(text), storage_options)
     try:
         payload = torch.load(target, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, truncated pickle, foreign format, ...

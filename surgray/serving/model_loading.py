@@ -6,7 +6,7 @@ tests without a checkpoint, `checkpoint: "random:<seed>"` builds the variant wit
 weights from that seed (the same seed gives the same weights in every process). Such a model
 is announced as random in its `/v1/models` description and in the replica's log, because its
 masks mean nothing. `checkpoint: "demo:referring"` (or `"demo:model"`) names a checkpoint
-shipped in `surgray/assets/demo/`, found in each replica's own copy of the package.
+shipped in `surgray/assets/demo/` (`surgray.model.checkpoint.read_state_dict`).
 
 Text prompts need a `ReSurgSAM2` (referring fusion + CLIP text encoder). One is built when the
 checkpoint is a referring one (our metadata carries its `ReferringConfig`, or it holds the
@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 RANDOM_WEIGHTS_PREFIX = "random:"
 _RANDOM = re.compile(r"^random:(\d{1,10})$")
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS (demo only: masks are meaningless)"
-SHIPPED_PREFIX = "demo:"
 _PRECISIONS = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -58,24 +57,6 @@ def random_weights_seed(checkpoint: str) -> int | None:
             "e.g. 'random:0'"
         )
     return int(match.group(1))
-
-
-def shipped_checkpoint(checkpoint: str) -> str:
-    """The path of a `demo:<name>` checkpoint (a file shipped in `surgray/assets/demo/`),
-    resolved where the model is loaded, so every node of a cluster finds its own copy; any
-    other value unchanged."""
-    if not checkpoint.startswith(SHIPPED_PREFIX):
-        return checkpoint
-    from surgray.demo_inputs import DEMO_ASSETS
-
-    name = checkpoint[len(SHIPPED_PREFIX) :]
-    shipped = sorted(path.stem for path in DEMO_ASSETS.glob("*.pt"))
-    if name not in shipped:
-        raise ModelLoadError(
-            f"model.checkpoint {checkpoint!r}: no such shipped checkpoint; shipped: "
-            f"{', '.join(SHIPPED_PREFIX + n for n in shipped)}"
-        )
-    return str(DEMO_ASSETS / f"{name}.pt")
 
 
 @dataclass
@@ -176,8 +157,7 @@ def _build(
             else:
                 model = SAM2Model(cfg)
         return model, referring
-    path = shipped_checkpoint(served.checkpoint)
-    state_dict, metadata = read_state_dict(path, storage_options)
+    state_dict, metadata = read_state_dict(served.checkpoint, storage_options)
     cfg = stored_or_variant_config(
         resolve_variant(served.variant), metadata, image_size=served.image_size
     )
@@ -188,10 +168,10 @@ def _build(
     )
     if referring:
         model = ReSurgSAM2(cfg, _referring_config(served, cfg, metadata))
-        load_referring_state_dict(model, state_dict, path)
+        load_referring_state_dict(model, state_dict, served.checkpoint)
     else:
         model = SAM2Model(cfg)
-        check_state_dict(model, state_dict, path, ())
+        check_state_dict(model, state_dict, served.checkpoint, ())
         model.load_state_dict(state_dict)
     return model, referring
 
