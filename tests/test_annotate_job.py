@@ -381,7 +381,10 @@ def test_actor_steps_videos_together_and_isolates_their_failures(tmp_path):
     assert results["good"]["error"] == "" and results["good"]["object_ids"] == [1, 2]
     assert "corrupt" in results["cut"]["error"]
     assert results["cut"]["part_names"] == []
-    assert results["text"]["error"] == "text prompts need the referring pipeline (issue 5)"
+    assert (
+        results["text"]["error"]
+        == "text prompts need a referring (ReSurgSAM2) checkpoint; model.checkpoint is a plain SAM2 one"
+    )
     assert "prompts at frames [30] were never reached" in results["late"]["error"]
     assert str(tmp_path) not in "".join(r["error"] for r in results.values())
     layout = OutputLayout(config.output.prefix)

@@ -126,7 +126,10 @@ def test_text_prompt_errors_are_clear(tmp_path, clip_dir, video):
     plain = str(tmp_path / "plain.pt")
     save_checkpoint(build_model("micro", image_size=SIZE), plain)
     results, _ = _annotate(_config(tmp_path, plain, clip_dir, "b"), _work_rows(video, None))
-    assert results[0]["error"] == "text prompts need the referring pipeline (issue 5)"
+    assert (
+        results[0]["error"]
+        == "text prompts need a referring (ReSurgSAM2) checkpoint; model.checkpoint is a plain SAM2 one"
+    )
 
 
 def test_split_video_agrees_with_the_whole_video(tmp_path, clip_dir, video):

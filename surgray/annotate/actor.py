@@ -42,38 +42,21 @@ def _is_referring(model: Any) -> bool:
 
 
 def load_model(config: AnnotateConfig, device: str, storage: dict[str, Any] | None) -> Any:
-    """The tracker's network, the checkpoint read once: a `ReSurgSAM2` when the checkpoint's
-    metadata holds a referring config (our referring checkpoints), else a `SAM2Model`.
+    """The tracker's network (`surgray.model.network_loading.load_network`, as Serve builds
+    it): a `ReSurgSAM2` for a referring checkpoint, else a `SAM2Model`.
 
     `model.text_encoder` overrides the checkpoint's text-encoder folder; the encoder itself
     is loaded only when a text prompt arrives (`SegmentAnnotator._ensure_text_encoder`).
     """
-    from surgray.model.checkpoint import (
-        build_model,
-        check_state_dict,
-        read_state_dict,
-        stored_or_variant_config,
-    )
-    from surgray.model.referring import ReferringConfig
-    from surgray.model.referring_checkpoint import (
-        REFERRING_METADATA_KEY,
-        build_resurgsam2,
-        load_referring_state_dict,
-    )
+    from surgray.model.network_loading import load_network
 
-    source = config.model.checkpoint
-    state_dict, metadata = read_state_dict(source, storage)
-    cfg = stored_or_variant_config(config.model.variant, metadata, config.model.image_size)
-    if metadata and REFERRING_METADATA_KEY in metadata:
-        referring = ReferringConfig.model_validate_json(metadata[REFERRING_METADATA_KEY])
-        if config.model.text_encoder is not None:
-            referring = referring.model_copy(update={"text_encoder": config.model.text_encoder})
-        model = build_resurgsam2(cfg, referring, load_text_encoder=False)
-        load_referring_state_dict(model, state_dict, source)
-    else:
-        model = build_model(cfg)
-        check_state_dict(model, state_dict, source, ())
-        model.load_state_dict(state_dict)
+    model = load_network(
+        config.model.checkpoint,
+        config.model.variant,
+        image_size=config.model.image_size,
+        text_encoder=config.model.text_encoder,
+        storage_options=storage,
+    )
     return model.to(device).eval()
 
 

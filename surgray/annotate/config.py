@@ -118,7 +118,7 @@ class ModelSection(_Section):
     """Which network and memory policy to run; the model package validates the values."""
 
     variant: str = "tiny"
-    checkpoint: str = Field(min_length=1)  # local path or object-store URI
+    checkpoint: str = Field(min_length=1)  # local path, object-store URI or demo:<name>
     image_size: int = Field(1024, gt=0)
     policy: str = "recent"
     policy_options: dict[str, Any] = Field(default_factory=dict)

@@ -58,15 +58,20 @@ def _fingerprint(info: Mapping[str, Any]) -> str:
 def checkpoint_sha256(
     uri: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
 ) -> str:
-    """sha256 of a checkpoint file, read in 1 MiB chunks through fsspec.
+    """sha256 of a checkpoint file (a path, a URI or a shipped `demo:<name>`), read in 1 MiB
+    chunks through fsspec.
 
     Cached in this process per (URI, size, ETag or mtime), so each actor of a job hashes a
     multi-GB checkpoint once, and a rewritten file is hashed again.
     """
     from surgray.io.storage import filesystem
+    from surgray.model.checkpoint import CheckpointError, shipped_checkpoint_path
 
     text = os.fspath(uri)
-    fs, path = filesystem(text, storage_options)
+    try:
+        fs, path = filesystem(shipped_checkpoint_path(text), storage_options)
+    except CheckpointError as exc:
+        raise FileNotFoundError(str(exc)) from None
     fs.invalidate_cache(path)
     try:
         info = fs.info(path)

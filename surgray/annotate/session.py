@@ -37,7 +37,9 @@ from surgray.annotate.provenance import Provenance
 from surgray.annotate.rows import DEFAULT_STATE, ProvenanceSegmentWriter
 from surgray.io.records import MaskRecord
 
-TEXT_PROMPTS_UNSUPPORTED = "text prompts need the referring pipeline (issue 5)"
+TEXT_PROMPTS_UNSUPPORTED = (
+    "text prompts need a referring (ReSurgSAM2) checkpoint; model.checkpoint is a plain SAM2 one"
+)
 CLICKS_COLUMN = "eval_clicks_json"  # optional work-row column: simulated clicks (evaluation)
 FRAME_COUNT_COLUMN = "frame_count"  # optional work-row column: exact frame count, -1 unknown
 

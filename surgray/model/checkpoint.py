@@ -103,8 +103,9 @@ def _read_bytes_or_path(source: str, storage_options: dict[str, Any] | None) -> 
 SHIPPED_PREFIX = "demo:"
 
 
-def _shipped_path(source: str) -> str:
-    """The file of a `demo:<name>` checkpoint; any other source unchanged."""
+def shipped_checkpoint_path(source: str) -> str:
+    """The file of a `demo:<name>` checkpoint (one shipped in `surgray/assets/demo/`); any
+    other source unchanged."""
     if not source.startswith(SHIPPED_PREFIX):
         return source
     from surgray.demo_inputs import DEMO_ASSETS
@@ -128,7 +129,7 @@ def read_state_dict(
     `demo:referring`), resolved in the process that reads it, so every node of a cluster uses
     its own copy of the package."""
     text = os.fspath(source)
-    target = _read_bytes_or_path(_shipped_path(text), storage_options)
+    target = _read_bytes_or_path(shipped_checkpoint_path(text), storage_options)
     try:
         payload = torch.load(target, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, truncated pickle, foreign format, ...

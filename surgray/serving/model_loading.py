@@ -8,12 +8,12 @@ is announced as random in its `/v1/models` description and in the replica's log,
 masks mean nothing. `checkpoint: "demo:referring"` (or `"demo:model"`) names a checkpoint
 shipped in `surgray/assets/demo/` (`surgray.model.checkpoint.read_state_dict`).
 
-Text prompts need a `ReSurgSAM2` (referring fusion + CLIP text encoder). One is built when the
-checkpoint is a referring one (our metadata carries its `ReferringConfig`, or it holds the
-released ReSurgSAM2 keys) or when the config names `text_encoder`; that folder, when given,
-replaces the one the checkpoint's metadata names. A checkpoint with an embedded text tower (the
-shipped `surgray/assets/demo/referring.pt`) brings its own and takes no folder. The checkpoint
-file is read once.
+Text prompts need a `ReSurgSAM2` (referring fusion + CLIP text encoder). Which network a
+checkpoint holds, and which text encoder folder it uses, is decided by
+`surgray.model.network_loading.load_network`, as in the annotate job. A replica also needs the
+text features before it accepts requests: a referring checkpoint without an embedded text tower
+and without a folder (in the config or its metadata) is refused, and the folder is loaded at
+start-up.
 """
 
 from __future__ import annotations
@@ -99,31 +99,8 @@ def _autocast(precision: str, device: Any) -> Any:
     return getattr(torch, name)
 
 
-def _referring_config(served: ServedModel, cfg: Any, metadata: dict | None) -> Any:
-    """The checkpoint's referring config (or the default for the network), with the config's
-    text encoder folder in place of the checkpoint's; a checkpoint with an embedded text tower
-    (the shipped `referring.pt`) needs no folder."""
-    from surgray.model.referring import ReferringConfig, _default_referring
-    from surgray.model.referring_checkpoint import REFERRING_METADATA_KEY
-
-    saved = (metadata or {}).get(REFERRING_METADATA_KEY)
-    referring = ReferringConfig.model_validate_json(saved) if saved else _default_referring(cfg)
-    if referring.text_tower is not None:  # the checkpoint carries its own trained text tower
-        if served.text_encoder is not None:
-            raise ModelLoadError(
-                f"model {served.name!r}: the checkpoint embeds its own text tower, trained "
-                "with it; remove model.text_encoder (a separate CLIP text encoder would not "
-                "match the checkpoint's fusion)"
-            )
-        return referring
-    if served.text_encoder is not None:
-        referring = referring.model_copy(update={"text_encoder": served.text_encoder})
-    if referring.text_encoder is None:
-        raise ModelLoadError(
-            f"model {served.name!r}: the checkpoint is a referring (ReSurgSAM2) one but no "
-            "text encoder folder is known; set model.text_encoder to a CLIP text directory"
-        )
-    return referring
+def _has_text_source(referring: Any) -> bool:
+    return referring.text_tower is not None or referring.text_encoder is not None
 
 
 def _build(
@@ -132,47 +109,44 @@ def _build(
     """(model on the CPU, whether it is a ReSurgSAM2), weights from the checkpoint or seed."""
     import torch
 
-    from surgray.model.checkpoint import (
-        check_state_dict,
-        read_state_dict,
-        stored_or_variant_config,
-    )
+    from surgray.model.network_loading import load_network, referring_config_for
     from surgray.model.referring import ReSurgSAM2
-    from surgray.model.referring_checkpoint import (
-        REFERRING_METADATA_KEY,
-        is_resurgsam2_layout,
-        load_referring_state_dict,
-    )
     from surgray.model.sam2 import SAM2Model
     from surgray.model.variants import get_variant
 
-    if seed is not None:
-        cfg = get_variant(resolve_variant(served.variant), image_size=served.image_size)
-        referring = served.text_encoder is not None
-        # Seed only the construction, then put the global generator back as it was.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            if referring:
-                model = ReSurgSAM2(cfg, _referring_config(served, cfg, None))
-            else:
-                model = SAM2Model(cfg)
+    variant = resolve_variant(served.variant)
+    if seed is None:
+        model = load_network(
+            served.checkpoint,
+            variant,
+            image_size=served.image_size,
+            text_encoder=served.text_encoder,
+            storage_options=storage_options,
+        )
+        referring = isinstance(model, ReSurgSAM2)
+        if served.text_encoder is not None and not referring:
+            raise ModelLoadError(
+                f"model {served.name!r}: model.text_encoder is set but {served.checkpoint} is a "
+                "plain SAM2 checkpoint, which takes mask, point and box prompts only; text "
+                "prompts need a referring (ReSurgSAM2) checkpoint"
+            )
+        if referring and not _has_text_source(model.referring_cfg):
+            raise ModelLoadError(
+                f"model {served.name!r}: the checkpoint is a referring (ReSurgSAM2) one but no "
+                "text encoder folder is known; set model.text_encoder to a CLIP text directory"
+            )
         return model, referring
-    state_dict, metadata = read_state_dict(served.checkpoint, storage_options)
-    cfg = stored_or_variant_config(
-        resolve_variant(served.variant), metadata, image_size=served.image_size
-    )
-    referring = (
-        served.text_encoder is not None
-        or REFERRING_METADATA_KEY in (metadata or {})
-        or is_resurgsam2_layout(state_dict)
-    )
-    if referring:
-        model = ReSurgSAM2(cfg, _referring_config(served, cfg, metadata))
-        load_referring_state_dict(model, state_dict, served.checkpoint)
-    else:
-        model = SAM2Model(cfg)
-        check_state_dict(model, state_dict, served.checkpoint, ())
-        model.load_state_dict(state_dict)
+    cfg = get_variant(variant, image_size=served.image_size)
+    referring = served.text_encoder is not None
+    # Seed only the construction, then put the global generator back as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if referring:
+            model = ReSurgSAM2(
+                cfg, referring_config_for(cfg, None, served.text_encoder, served.checkpoint)
+            )
+        else:
+            model = SAM2Model(cfg)
     return model, referring
 
 
