@@ -7,7 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _referring_fixtures import CATEGORIES, tiny_model, tiny_referring_config, write_tiny_clip
+from _referring_fixtures import (
+    CATEGORIES,
+    script_scores,
+    tiny_model,
+    tiny_referring_config,
+    write_tiny_clip,
+)
 
 from surgray.data.synthetic import generate_clip
 from surgray.data.synthetic_plan import SyntheticClipConfig
@@ -75,6 +81,36 @@ def test_refer_shapes_and_padding_free_batching(model):
             torch.testing.assert_close(
                 alone.object_score_logits[0], out.object_score_logits[i], atol=2e-5, rtol=1e-4
             )
+
+
+def test_stage1_can_decode_a_single_mask(model):
+    """`stage1_multimask=False`: the decoder's single-mask token answers the text, so the loss
+    trains the fused text to pick the object (the demo's small model); same weights otherwise."""
+
+    def copy(multimask: bool) -> ReSurgSAM2:
+        update = {"stage1_multimask": multimask}
+        built = ReSurgSAM2(model.cfg, model.referring_cfg.model_copy(update=update))
+        built.load_state_dict(model.state_dict())
+        built.text_encoder = model.text_encoder
+        script_scores(built, object_score=4.0, iou=0.9)  # objects present: masks kept
+        return built.eval()
+
+    several, single = copy(True), copy(False)
+    with torch.no_grad():
+        frames = model.encode_frames(images(2, seed=4))
+        text = model.encode_text(["the grasper", "the needle driver"])
+        several = several.refer(frames[1], text, [frames[0].image_embed])
+        one = single.refer(frames[1], text, [frames[0].image_embed])
+    assert several.low_res_multimasks.shape[1] == 3 and one.low_res_multimasks.shape[1] == 1
+    torch.testing.assert_close(one.low_res_masks, one.low_res_multimasks)
+    torch.testing.assert_close(one.object_score_logits, several.object_score_logits)
+    # In training the single-mask token answers (at inference SAM2 falls back to the best
+    # candidate when that mask is unstable): it is none of the three candidates.
+    single.train()
+    with torch.no_grad():
+        trained = single.refer(frames[1], text, [frames[0].image_embed])
+    for k in range(3):
+        assert not torch.allclose(trained.low_res_masks[:, 0], several.low_res_multimasks[:, k])
 
 
 def test_missing_history_is_the_current_frame_repeated(model):

@@ -372,9 +372,30 @@ def test_the_referring_demo_recipe_starts_from_the_demo_checkpoint():
     trainable = set(config.optim.trainable_prefixes)
     assert trainable == {f"{m}." for m in NEW_MODULES}
     assert set(config.model.init_from) == set(NEW_MODULES)
-    # ReSurgSAM2's two stages: the new modules alone first, then all but the image encoder.
+    # ReSurgSAM2's two stages: the new modules alone first, then everything (the image
+    # encoder too: model.pt's features were learnt for tracking, not for telling categories).
     assert 0 < config.optim.unfreeze_at_step < config.schedule.total_steps
-    assert config.optim.frozen_prefixes == ("image_encoder.",)
+    assert config.optim.frozen_prefixes == ()
+    assert config.model.referring.stage1_multimask is False
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_stage1_frames_are_supervised_with_as_many_masks_as_the_model_keeps(tmp_path, multimask):
+    referring = REFERRING | {"stage1_multimask": multimask}
+    config = tiny_config(
+        tmp_path, model={"referring": referring}, sampling={"referring_fraction": 1.0}
+    )
+    loop = WorkerLoop(config)
+    try:
+        clip = loop.clip_for_step(0)
+        out = loop.module(clip, torch.Generator().manual_seed(0))
+    finally:
+        loop.close()
+    assert out.plan is None  # a referring clip: context frame, anchor, then tracked frames
+    stage1 = out.predictions[:2]
+    assert all(len(p.steps) == 1 for p in stage1)
+    assert {p.steps[0].mask_logits.shape[1] for p in stage1} == {3 if multimask else 1}
+    assert torch.isfinite(out.loss.total)
 
 
 def test_a_clip_that_meets_no_trained_module_still_steps(tmp_path):

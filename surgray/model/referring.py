@@ -66,6 +66,10 @@ class ReferringConfig(BaseModel):
     semantic_head: SemanticHeadConfig | None = None
     categories: tuple[str, ...] = ()  # names the semantic head chooses among
     cifs: CIFSConfig = CIFSConfig()  # default stage switch of text objects in the tracker
+    # Stage 1 decodes 3 candidates and keeps the one with the highest predicted IoU, as
+    # ReSurgSAM2 does. With one mask the loss makes the fused text choose the object itself
+    # instead of leaving the choice to the IoU head (the small demo model grounds text better).
+    stage1_multimask: bool = True
 
     @model_validator(mode="after")
     def _one_text_source(self) -> ReferringConfig:
@@ -242,7 +246,9 @@ class ReSurgSAM2(SAM2Model):
         fused = self.cross_modal_fusion(text, features.image_embed, list(history))
         feats = features.expand(count)
         image = condition_on_memory(self, fused.image_features, feats.image_pos, [None] * count)
-        multimask = wants_multimask(self, has_memory=False, num_clicks=0)
+        multimask = self.referring_cfg.stage1_multimask and wants_multimask(
+            self, has_memory=False, num_clicks=0
+        )
         return run_sam_heads(
             self, image, feats.high_res, None, None, multimask, extra_tokens=fused.sparse_tokens
         )
