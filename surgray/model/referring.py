@@ -27,7 +27,8 @@ stride-16 features and those of up to two earlier frames; the fused map gets the
 embedding, as on SAM2's initial frame; the SAM decoder runs with no clicks (one padding click),
 the no-mask dense embedding and, as extra sparse tokens, the fused class token and the fused
 text embedding. With several candidate masks (SAM2.1's rule for prompts of zero clicks) the
-one with the highest predicted IoU is kept.
+one with the highest predicted IoU is kept; `ReferringConfig.stage1_multimask=False` decodes a
+single mask instead.
 """
 
 from __future__ import annotations
