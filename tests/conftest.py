@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tests import shared helpers (sam2_reference) as top-level modules.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _local_http import free_port  # noqa: E402  (found through the path entry above)
+
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
@@ -32,12 +33,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -71,7 +66,7 @@ class S3Server:
 @pytest.fixture(scope="session")
 def s3_server():
     """A moto S3 server from this venv, on a free loopback port, for the whole session."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

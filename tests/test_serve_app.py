@@ -8,30 +8,23 @@ and the same checkpoint file.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
-import socket
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from _local_http import REPO, encode, import_serve_app, serve_http
 
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `serve/` is the app's package, beside `surgray/`
-    sys.path.insert(0, str(REPO))
+import_serve_app()
 
 TOKEN = "serve-test-token-0123456789"
 SESSION_KEY = "serve-test-session-key"
@@ -52,12 +45,6 @@ def scene(count: int, seed: int) -> np.ndarray:
         image[(cols - cx) ** 2 + (rows - cy) ** 2 <= 81] = (220, 60 + 30 * seed % 190, 40)
         frames.append(image)
     return np.stack(frames)
-
-
-def encode(image: np.ndarray, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-    return buffer.getvalue()
 
 
 @dataclass(frozen=True)
@@ -87,30 +74,26 @@ def served(ray_cluster):
     # The replicas get their secrets the way a deployment would: through their runtime env.
     env = {"SURGRAY_API_TOKENS": TOKEN, "SURGRAY_SESSION_KEY": SESSION_KEY}
     try:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        with pytest.MonkeyPatch.context() as patch:  # the builder warns when it sees no token
-            patch.setenv("SURGRAY_API_TOKENS", TOKEN)
-            app = build_app_from_args(
-                {
-                    "model": {
-                        "variant": "micro",
-                        "checkpoint": checkpoint,
-                        "image_size": IMAGE_SIZE,
-                    },
-                    "replicas": 2,
-                    "ray_actor_options": {"num_cpus": 0.4, "runtime_env": {"env_vars": env}},
-                    "sessions": {"max_per_replica": 8, "idle_timeout_s": 600},
-                    "limits": {"max_body_bytes": MAX_BODY, "max_image_side": 256},
-                    "batching": {"max_batch_size": 4, "wait_timeout_s": 0.005},
-                }
-            )
-        serve.run(app, name="surgray", route_prefix="/")
-        yield Served(f"http://127.0.0.1:{port}", checkpoint)
+        with serve_http() as url:
+            with pytest.MonkeyPatch.context() as patch:  # the builder warns when it sees no token
+                patch.setenv("SURGRAY_API_TOKENS", TOKEN)
+                app = build_app_from_args(
+                    {
+                        "model": {
+                            "variant": "micro",
+                            "checkpoint": checkpoint,
+                            "image_size": IMAGE_SIZE,
+                        },
+                        "replicas": 2,
+                        "ray_actor_options": {"num_cpus": 0.4, "runtime_env": {"env_vars": env}},
+                        "sessions": {"max_per_replica": 8, "idle_timeout_s": 600},
+                        "limits": {"max_body_bytes": MAX_BODY, "max_image_side": 256},
+                        "batching": {"max_batch_size": 4, "wait_timeout_s": 0.005},
+                    }
+                )
+            serve.run(app, name="surgray", route_prefix="/")
+            yield Served(url, checkpoint)
     finally:
-        serve.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -8,24 +8,18 @@ in this process on the same decoded frames, the same expressions and the same fi
 
 from __future__ import annotations
 
-import io
 import shutil
-import socket
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from _local_http import encode, import_serve_app, serve_http
 
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `serve/` is the app's package, beside `surgray/`
-    sys.path.insert(0, str(REPO))
+import_serve_app()
 
 FRAMES, SIZE, SEED = 8, 128, 11
 
@@ -47,11 +41,7 @@ def base_url(ray_cluster):
 
     from serve.app import build_app_from_args
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
+    with serve_http() as url:
         # The defaults a user gets from `serve run serve.app:app insecure=true`, on a small
         # slice of the test cluster.
         serve.run(
@@ -59,9 +49,7 @@ def base_url(ray_cluster):
             name="surgray-demo",
             route_prefix="/",
         )
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -152,10 +140,8 @@ def test_a_text_session_matches_and_bad_videos_are_refused(base_url, clip, local
         headers = {"X-Session-Id": sid, "Content-Type": "image/png"}
         results = []
         for image in frames:
-            buffer = io.BytesIO()
-            Image.fromarray(image).save(buffer, format="PNG")
             response = http.post(
-                f"/v1/sessions/{sid}/frames", content=buffer.getvalue(), headers=headers
+                f"/v1/sessions/{sid}/frames", content=encode(image), headers=headers
             )
             assert response.status_code == 200, response.text
             results.append(response.json()["objects"])

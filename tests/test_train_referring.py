@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
+from _local_http import free_port
 
 from surgray.data.synthetic_plan import DRAWABLE_INSTRUMENTS
 from surgray.model.checkpoint import CheckpointMismatchError, read_state_dict, save_checkpoint
@@ -256,17 +256,11 @@ def test_a_frozen_image_encoder_runs_without_autograd(tmp_path):
     assert torch.equal(reference[1].high_res[0], feats[1].high_res[0])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def gloo_group():
     dist = torch.distributed
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
     )
     try:
         yield
