@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from surgray.model.text_encoder import require_tokenizer_files
+from surgray.model.text_files import require_tokenizer_files
 
 # open_clip's BPE file holds more merges than CLIP's vocabulary uses: 49152 ids minus 256 bytes,
 # 256 end-of-word bytes and 2 special tokens.

@@ -112,3 +112,17 @@ def encode_frames(
             for f in features
         ]
     return features
+
+
+_AUTOCAST_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None, "none": None}
+
+
+def autocast_dtype_for(value: torch.dtype | str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a tracker runs under: "auto" is bf16 on CUDA and none on CPU."""
+    if value == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if isinstance(value, str):
+        if value not in _AUTOCAST_NAMES:
+            raise ValueError(f"autocast_dtype must be 'auto', {sorted(_AUTOCAST_NAMES)} or a dtype")
+        return _AUTOCAST_NAMES[value]
+    return value

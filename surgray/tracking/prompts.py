@@ -13,7 +13,7 @@ import torch
 
 from surgray.model.heads import prompt_mask_at_input_size
 from surgray.model.preprocess import scale_box, scale_points
-from surgray.tracking.state import FramePrompt
+from surgray.tracking.state import FramePrompt, ObjectState, VideoState
 
 
 def _as_float_array(values: object, name: str) -> np.ndarray:
@@ -128,3 +128,36 @@ def mask_prompt(mask: torch.Tensor, image_size: int) -> FramePrompt:
     """A checked frame-size mask -> a model-space `FramePrompt` ([S, S] bool)."""
     resized = prompt_mask_at_input_size(mask, image_size)[0, 0] > 0.5
     return FramePrompt(mask=resized)
+
+
+def check_prompt_timing(
+    state: VideoState, obj: ObjectState, frame_idx: int, kind: str, has_features: bool
+) -> None:
+    """Refuse a prompt the tracker cannot apply now (module doc of `surgray.tracking.tracker`).
+
+    Without the frame's features (not the frame stepped last, no pixels given) a prompt can
+    only wait for a frame not stepped yet, and cannot be a correction; a correction needs the
+    object's output on that frame."""
+    obj_id = obj.obj_id
+    if not has_features:
+        ahead = (
+            frame_idx <= state.next_frame_idx
+            if state.reverse
+            else frame_idx >= state.next_frame_idx
+        )
+        if not ahead:
+            raise ValueError(
+                f"frame {frame_idx} of video {state.video_id!r} was already passed and is "
+                f"not the frame stepped last ({state.last_frame_idx}); pass its pixels as "
+                "frame=..., or seek back and step it again"
+            )
+        if kind == "correction":
+            raise ValueError(
+                f"object {obj_id} was tracked on frame {frame_idx} in an earlier pass: step "
+                "up to that frame first, then correct it"
+            )
+    elif kind == "correction" and obj.output_on(frame_idx) is None:
+        raise ValueError(
+            f"object {obj_id} was tracked on frame {frame_idx} but the state no longer holds "
+            "that output; seek back and step up to the frame, then correct it"
+        )

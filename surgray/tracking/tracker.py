@@ -46,6 +46,7 @@ from surgray.model.sam2 import SAM2Model
 from surgray.tracking.cifs import CIFSConfig
 from surgray.tracking.frame_step import ObjectJob, StepSettings, plan_frame, prompt_kind, run_jobs
 from surgray.tracking.inputs import (
+    autocast_dtype_for,
     check_frame,
     check_frame_idx,
     check_index,
@@ -56,7 +57,14 @@ from surgray.tracking.inputs import (
 from surgray.tracking.memory.base import build_policy
 from surgray.tracking.memory.config import MemoryPolicyConfig
 from surgray.tracking.postprocess import PostprocessConfig
-from surgray.tracking.prompts import check_box, check_mask, check_points, click_prompt, mask_prompt
+from surgray.tracking.prompts import (
+    check_box,
+    check_mask,
+    check_points,
+    check_prompt_timing,
+    click_prompt,
+    mask_prompt,
+)
 from surgray.tracking.referring import add_text_object, after_frame, forget_object, on_seek
 from surgray.tracking.results import FrameResult, frame_result
 from surgray.tracking.state import (
@@ -65,18 +73,6 @@ from surgray.tracking.state import (
     ObjectState,
     VideoState,
 )
-
-_AUTOCAST_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None, "none": None}
-
-
-def _autocast_dtype(value: torch.dtype | str | None, device: torch.device) -> torch.dtype | None:
-    if value == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if isinstance(value, str):
-        if value not in _AUTOCAST_NAMES:
-            raise ValueError(f"autocast_dtype must be 'auto', {sorted(_AUTOCAST_NAMES)} or a dtype")
-        return _AUTOCAST_NAMES[value]
-    return value
 
 
 class Tracker:
@@ -109,7 +105,7 @@ class Tracker:
         if isinstance(postprocess, dict):
             postprocess = PostprocessConfig(**postprocess)
         self.postprocess = postprocess or PostprocessConfig()
-        self.autocast_dtype = _autocast_dtype(autocast_dtype, self.device)
+        self.autocast_dtype = autocast_dtype_for(autocast_dtype, self.device)
         self.storage_device = torch.device("cpu") if offload_memory_to_cpu else self.device
         self.correction_is_conditioning = correction_is_conditioning
         self.keep_logits = keep_logits
@@ -278,23 +274,7 @@ class Tracker:
         record = build(obj.prompts.get(frame_idx))
         features = self._features_for_prompt(state, frame_idx, frame)
         kind, conditioning = prompt_kind(obj, frame_idx, self.correction_is_conditioning)
-        if features is None:
-            if not self._not_yet_stepped(state, frame_idx):
-                raise ValueError(
-                    f"frame {frame_idx} of video {state.video_id!r} was already passed and is "
-                    f"not the frame stepped last ({state.last_frame_idx}); pass its pixels as "
-                    "frame=..., or seek back and step it again"
-                )
-            if kind == "correction":
-                raise ValueError(
-                    f"object {obj_id} was tracked on frame {frame_idx} in an earlier pass: step "
-                    "up to that frame first, then correct it"
-                )
-        elif kind == "correction" and obj.output_on(frame_idx) is None:
-            raise ValueError(
-                f"object {obj_id} was tracked on frame {frame_idx} but the state no longer holds "
-                "that output; seek back and step up to the frame, then correct it"
-            )
+        check_prompt_timing(state, obj, frame_idx, kind, has_features=features is not None)
         if label is not None:
             obj.label = label
         if is_new:
@@ -319,11 +299,6 @@ class Tracker:
         if state.cached is not None and state.cached.frame_idx == frame_idx:
             return state.cached.features
         return None
-
-    def _not_yet_stepped(self, state: VideoState, frame_idx: int) -> bool:
-        if state.reverse:
-            return frame_idx <= state.next_frame_idx
-        return frame_idx >= state.next_frame_idx
 
     # ------------------------------------------------------------------ stepping
     def step(self, state: VideoState, frame: np.ndarray) -> FrameResult:
