@@ -140,3 +140,17 @@ def test_first_phase_freezing_trains_only_the_listed_modules(tmp_path):
     assert any(not torch.equal(x, y) for x, y in zip(before[len(encoder) :], after[len(encoder) :]))
     loop.train_step(1)  # the phase is over: the encoder trains too
     assert any(not torch.equal(x, p.detach()) for x, p in zip(before, encoder))
+
+
+def test_progress_lines_reach_stdout_once_under_ray_trains_print_patch(tmp_path, capsys, caplog):
+    """Ray Train replaces print() in its workers by one that writes to stdout and also logs to
+    the root logger, whose console handler wrote every progress line to the driver again."""
+    from ray.train.v2._internal.logging.patch_print import print_context_manager, redirected_print
+
+    config = tiny_config(tmp_path, schedule={"epochs": 1, "steps_per_epoch": 2, "log_every": 1})
+    with caplog.at_level("INFO"), print_context_manager(redirected_print):
+        WorkerLoop(config).run()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "[surgray train]" in line]
+    assert [line.split(" (global ")[1].split(")")[0] for line in lines] == ["1/2", "2/2"]
+    assert "(focal " in lines[0] and " tsl 0) " in lines[0]
+    assert not [r for r in caplog.records if "[surgray train]" in r.getMessage()]

@@ -19,9 +19,6 @@ workers, so they report the same number of times.
 from __future__ import annotations
 
 import contextlib
-import json
-import math
-import os
 import tempfile
 import time
 from collections import Counter
@@ -39,10 +36,10 @@ from surgray.train.clip_data import TrainingClip, TrainVideo, load_clip, open_vi
 from surgray.train.config import TrainConfig
 from surgray.train.losses import SAM2Loss, average_object_count
 from surgray.train.optim import apply_freeze, build_optimizer, build_scheduler, is_frozen
+from surgray.train.progress import LOSS_PARTS, progress_line, record_progress, show
 from surgray.train.samplers import ClipSampler
 from surgray.train.step import ClipTrainer
 
-_LOSS_PARTS = ("total", "focal", "dice", "iou", "object_class", "tsl")
 _CLIP_KINDS = ("sam2", "hybrid", "referring", "image")
 _CLIP_DRAWS = 32  # clips drawn before giving up on finding a visible object
 
@@ -259,13 +256,15 @@ class WorkerLoop:
                 parts, kind = self.train_step(global_step)
                 global_step += 1
                 steps += 1
-                sums.update({k: parts[k] for k in _LOSS_PARTS})
+                sums.update({k: parts[k] for k in LOSS_PARTS})
                 kinds[kind] += 1
                 self._progress(
                     "step", epoch=epoch, step=step, global_step=global_step, loss=parts["total"]
                 )
                 if self.rank == 0 and (global_step % schedule.log_every == 0):
-                    self._log_line(epoch, step, global_step, parts, epoch_start, steps)
+                    lr = max(g["lr"] for g in self.optimizer.param_groups)
+                    per_step = (time.monotonic() - epoch_start) / steps
+                    show(progress_line(schedule, epoch, step, global_step, parts, lr, per_step))
                 stop = self.should_stop(global_step, started)
                 if stop:
                     break
@@ -287,13 +286,13 @@ class WorkerLoop:
     # ------------------------------------------------------------------ epoch end
 
     def _epoch_metrics(self, epoch, global_step, sums, kinds, steps, epoch_start) -> dict:
-        values = torch.tensor([sums[k] for k in _LOSS_PARTS] + [float(steps)], dtype=torch.float64)
+        values = torch.tensor([sums[k] for k in LOSS_PARTS] + [float(steps)], dtype=torch.float64)
         if self.world_size > 1 and torch.distributed.is_initialized():
             values = values.to(self.device)
             torch.distributed.all_reduce(values)
             values = values.cpu()
         count = max(float(values[-1]), 1.0)
-        means = {k: float(values[i]) / count for i, k in enumerate(_LOSS_PARTS)}
+        means = {k: float(values[i]) / count for i, k in enumerate(LOSS_PARTS)}
         metrics = {
             "epoch": epoch + 1,
             "global_step": global_step,
@@ -331,39 +330,5 @@ class WorkerLoop:
             write_checkpoint(folder, self.model, self.state, metrics, self.config)
             self.hooks.report(metrics, Path(folder))
 
-    # ------------------------------------------------------------------ display
-
-    def _log_line(self, epoch, step, global_step, parts, epoch_start, steps) -> None:
-        schedule = self.config.schedule
-        per_step = (time.monotonic() - epoch_start) / max(steps, 1)
-        left = (schedule.total_steps - global_step) * per_step
-        print(
-            f"[surgray train] epoch {epoch + 1}/{schedule.epochs} step {step + 1}/"
-            f"{schedule.steps_per_epoch} (global {global_step}/{schedule.total_steps}) "
-            f"loss {parts['total']:.4g} (focal {parts['focal']:.3g} dice {parts['dice']:.3g} "
-            f"iou {parts['iou']:.3g} obj {parts['object_class']:.3g} tsl {parts['tsl']:.3g}) "
-            f"lr {max(g['lr'] for g in self.optimizer.param_groups):.3g} {per_step:.2f} s/step "
-            f"eta {_duration(left)}",
-            flush=True,
-        )
-
     def _progress(self, event: str, **fields) -> None:
-        path = self.config.checkpoint.progress_file
-        if path is None:
-            return
-        record = {
-            "event": event,
-            "pid": os.getpid(),
-            "rank": self.rank,
-            "time": time.time(),
-            **fields,
-        }
-        with open(path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+        record_progress(self.config.checkpoint.progress_file, event, self.rank, **fields)
