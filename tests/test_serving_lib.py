@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import socket
 import struct
 import threading
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _local_http import encode, free_port
 from PIL import Image
 from pycocotools import mask as coco_mask
 
@@ -50,18 +50,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def jpeg_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
 
 
 def gradient(height: int = 30, width: int = 40) -> np.ndarray:
@@ -165,19 +153,19 @@ def test_no_token_refuses_to_start_unless_insecure():
 # -- images ------------------------------------------------------------------------------------
 def test_png_decodes_exactly_and_modes_become_rgb():
     image = gradient()
-    assert np.array_equal(decode_frame(png_bytes(image), "image/png", max_side=64), image)
+    assert np.array_equal(decode_frame(encode(image), "image/png", max_side=64), image)
     gray = image[..., 0]
-    decoded = decode_frame(png_bytes(gray), "image/png; charset=binary", max_side=64)
+    decoded = decode_frame(encode(gray), "image/png; charset=binary", max_side=64)
     assert decoded.shape == (30, 40, 3) and np.array_equal(decoded[..., 2], gray)
     rgba = np.dstack([image, np.full(image.shape[:2], 7, np.uint8)])
-    assert np.array_equal(decode_frame(png_bytes(rgba), "image/png", max_side=64), image)
+    assert np.array_equal(decode_frame(encode(rgba), "image/png", max_side=64), image)
 
 
 def test_jpeg_from_pil_and_cv2_decode_close_to_the_source():
     import cv2
 
     image = gradient()
-    from_pil = decode_frame(jpeg_bytes(image), "image/jpeg", max_side=64)
+    from_pil = decode_frame(encode(image, "JPEG"), "image/jpeg", max_side=64)
     ok, encoded = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
     from_cv2 = decode_frame(encoded.tobytes(), "IMAGE/JPEG", max_side=64)
     buffer = io.BytesIO()
@@ -208,17 +196,17 @@ def test_bad_uploads_are_refused_with_their_reason(body, content_type, expected,
 
 def test_content_type_must_match_the_bytes():
     with pytest.raises(ApiError, match="says image/jpeg but the body is a PNG") as error:
-        decode_frame(png_bytes(gradient()), "image/jpeg", max_side=64)
+        decode_frame(encode(gradient()), "image/jpeg", max_side=64)
     assert status_of(error.value) == (415, "content_type_mismatch")
 
 
 def test_truncated_images_are_refused():
-    jpeg = jpeg_bytes(gradient())
+    jpeg = encode(gradient(), "JPEG")
     for cut in (jpeg[: len(jpeg) // 2], jpeg[:-2]):
         with pytest.raises(ApiError, match="truncated") as error:
             decode_frame(cut, "image/jpeg", max_side=64)
         assert status_of(error.value) == (422, "invalid_image")
-    png = png_bytes(gradient())
+    png = encode(gradient())
     with pytest.raises(ApiError, match="truncated") as error:
         decode_frame(png[: len(png) - 20], "image/png", max_side=64)
     assert status_of(error.value) == (422, "invalid_image")
@@ -234,7 +222,7 @@ def test_declared_size_is_checked_before_decoding():
         decode_frame(png_with_header(0, 5), "image/png", max_side=4096)
     assert status_of(error.value) == (422, "invalid_image")
     # A real baseline JPEG whose SOF0 header is patched to 40000 x 50000.
-    jpeg = bytearray(jpeg_bytes(gradient()))
+    jpeg = bytearray(encode(gradient(), "JPEG"))
     sof = jpeg.index(b"\xff\xc0")
     jpeg[sof + 5 : sof + 9] = struct.pack(">HH", 40_000, 50_000)
     with pytest.raises(ApiError, match="50000x40000") as error:
@@ -599,9 +587,7 @@ def server():
     )
     checker = build_token_checker(config.auth, {"SURGRAY_API_TOKENS": TOKEN_A})
     app = build_app(service, checker, require_routing_header=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -672,7 +658,7 @@ def test_http_session_lifecycle_and_frames(http):
     image[2:5, 3:9, 0] = 200
     sid = create(client, include_png=True)
     headers = {**in_session(sid), "Content-Type": "image/png"}
-    response = client.post(f"/v1/sessions/{sid}/frames", content=png_bytes(image), headers=headers)
+    response = client.post(f"/v1/sessions/{sid}/frames", content=encode(image), headers=headers)
     assert response.status_code == 200, response.text
     result = response.json()
     reference = coco_mask.encode(np.asfortranarray((image[..., 0] > 127).astype(np.uint8)))
@@ -682,7 +668,7 @@ def test_http_session_lifecycle_and_frames(http):
     assert obj["png_base64"] and result["frame_index"] == 0 and result["latency_ms"] > 0
     plain = client.post(
         f"/v1/sessions/{sid}/frames?include_png=false",
-        content=jpeg_bytes(image),
+        content=encode(image, "JPEG"),
         headers={**in_session(sid), "Content-Type": "image/jpeg"},
     )
     assert plain.json()["objects"][0]["png_base64"] is None and plain.json()["frame_index"] == 1
@@ -691,10 +677,10 @@ def test_http_session_lifecycle_and_frames(http):
     )
     assert prompts.json()["expressions"] == ["red thing", "tip"]
     assert prompts.json()["frames_processed"] == 2
-    over = client.post(f"/v1/sessions/{sid}/frames", content=png_bytes(image), headers=headers)
+    over = client.post(f"/v1/sessions/{sid}/frames", content=encode(image), headers=headers)
     assert over.status_code == 200
     expect_error(
-        client.post(f"/v1/sessions/{sid}/frames", content=png_bytes(image), headers=headers),
+        client.post(f"/v1/sessions/{sid}/frames", content=encode(image), headers=headers),
         409,
         "frame_limit",
     )
@@ -706,7 +692,7 @@ def test_http_rejects_bad_frames(http):
     client, _, _ = http
     sid = create(client)
     url = f"/v1/sessions/{sid}/frames"
-    png = png_bytes(gradient())
+    png = encode(gradient())
 
     def post(body, content_type, **extra):
         return client.post(
@@ -715,7 +701,7 @@ def test_http_rejects_bad_frames(http):
 
     expect_error(post(png, "image/jpeg"), 415, "content_type_mismatch")
     expect_error(post(png, "text/plain"), 415, "unsupported_media_type")
-    jpeg = jpeg_bytes(gradient())
+    jpeg = encode(gradient(), "JPEG")
     expect_error(post(jpeg[: len(jpeg) // 2], "image/jpeg"), 422, "invalid_image")
     expect_error(post(png_with_header(5000, 10), "image/png"), 413, "image_too_large")
     expect_error(post(b"", "image/png"), 422, "empty_body")
