@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 import numpy as np
 import pytest
@@ -311,6 +312,14 @@ def test_validation_from_text(tmp_path):
     present = [int(v) for v in np.unique(ids[0]) if v]
     masked = validate(videos, model, 1, 4)
     assert result.objects == masked.objects == len(present)
+    # Every synthetic object has a category: the kinds split the objects, and the overall J&F
+    # (a mean over objects) is the object-weighted mean of the kinds' J&F.
+    from surgray.data.categories import category_kind
+
+    assert set(result.by_kind) == {category_kind(videos[0].category(obj)) for obj in present}
+    assert sum(s.objects for s in result.by_kind.values()) == result.objects
+    weighted = sum(s.jf * s.objects for s in result.by_kind.values()) / result.objects
+    assert weighted == pytest.approx(result.jf, abs=1e-9)
 
     hidden = validate([_NoTextFor(videos[0], present[0])], model, 1, 4, predictor="text")
     assert hidden.skipped_objects == 1 and hidden.objects == len(present) - 1
@@ -345,7 +354,12 @@ def test_epoch_reports_text_jf_and_evaluate_prints_every_row(tmp_path, capsys):
         eval_split, eval_videos, eval_frames = "valid", 1, 4
 
     assert evaluate_checkpoint(Args, config) == 0
-    rows = [line.split(":")[0].strip() for line in capsys.readouterr().out.splitlines()]
+    lines = capsys.readouterr().out.splitlines()
+    assert all(
+        re.search(r"; by kind: (instrument|tissue) \d\.\d{3} \(\d+ objects\)", line)
+        for line in lines[:4]
+    )
+    rows = [line.split(":")[0].strip() for line in lines]
     assert rows[:4] == [
         "checkpoint, mask prompt",
         "checkpoint, text prompt",

@@ -115,9 +115,11 @@ def evaluate_checkpoint(args: argparse.Namespace, config) -> int:
     results = compare_with_baselines(videos, model, args.eval_videos, args.eval_frames)
     for name, result in results.items():
         skipped = f", {result.skipped_objects} without text" if result.skipped_objects else ""
+        kinds = f"; by kind: {result.describe_kinds()}" if result.by_kind else ""
         print(
             f"{ROW_NAMES[name]:>24}: J&F {result.jf:.4f}  J {result.j:.4f}  F {result.f:.4f}  "
             f"({result.videos} videos, {result.objects} objects, {result.frames} frames{skipped})"
+            f"{kinds}"
         )
     margin = results["model"].jf - max(results["repeat_first"].jf, results["empty"].jf)
     print(

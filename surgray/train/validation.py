@@ -17,19 +17,25 @@ referring expression (`TrainVideo.expression`) before that frame is stepped, and
 runs ReSurgSAM2's pipeline (stage-1 search, CIFS, then tracking with memory) over the frames.
 Objects without an expression cannot be prompted: they are left out and counted
 (`ValidationResult.skipped_objects`).
+
+Objects whose category is known (`TrainVideo.category`) are also scored per kind
+(`ValidationResult.by_kind`: instrument, tissue), since a referring head can find tissue by its
+colour long before it tells one instrument from another.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from surgray.data.categories import category_kind, try_canonical_category
 from surgray.eval.evaluate import SURGSAM2_PROTOCOL, VideoInput, evaluate
+from surgray.eval.report import EvaluationReport
 from surgray.model.frame_types import ObjectPrompt
 from surgray.model.preprocess import to_model_input
 from surgray.tracking.memory.base import build_policy
@@ -37,6 +43,14 @@ from surgray.tracking.memory.config import RecentPolicyConfig
 from surgray.train.clip_data import TrainVideo
 
 Predictor = Literal["model", "text", "repeat_first", "empty"]
+
+
+@dataclass(frozen=True)
+class KindScore:
+    """Mean J&F over the scored objects of one kind (instrument, tissue, other)."""
+
+    jf: float
+    objects: int
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,14 @@ class ValidationResult:
     objects: int
     frames: int
     skipped_objects: int = 0  # text predictor: objects on frame 0 without an expression
+    by_kind: dict[str, KindScore] = field(default_factory=dict)  # objects of known category
+
+    def describe_kinds(self) -> str:
+        """ "instrument 0.412 (33 objects), tissue 0.251 (16 objects)", or ""."""
+        return ", ".join(
+            f"{kind} {score.jf:.3f} ({score.objects} objects)"
+            for kind, score in self.by_kind.items()
+        )
 
     def as_metrics(self, prefix: str = "val_") -> dict[str, float]:
         metrics = {
@@ -186,7 +208,7 @@ def validate(
             "validation from text needs a ReSurgSAM2 with a text encoder or text tower, got "
             f"{type(model).__name__}"
         )
-    inputs, skipped = [], 0
+    inputs, skipped, kinds = [], 0, {}
     for video in list(videos)[:max_videos]:
         positions = tuple(range(min(max_frames, video.num_frames)))
         if len(positions) < 3:
@@ -201,6 +223,7 @@ def validate(
             texts = [video.expression(obj) for obj in prompted]
         if not prompted:
             continue
+        kinds.update({(video.video_id, obj): _kind(video, obj) for obj in prompted})
         first = np.stack([ids[0] == obj for obj in prompted])
         predicted = _predict(predictor, model, frames, first, texts)
         gt = np.where(np.isin(ids, prompted), ids, 0)
@@ -228,7 +251,28 @@ def validate(
         objects=overall.objects,
         frames=overall.frames,
         skipped_objects=skipped,
+        by_kind=_scores_by_kind(report, kinds),
     )
+
+
+def _kind(video: TrainVideo, obj_id: int) -> str | None:
+    category = video.category(obj_id)
+    canonical = try_canonical_category(category) if category else None
+    return category_kind(canonical) if canonical else None
+
+
+def _scores_by_kind(
+    report: EvaluationReport, kinds: dict[tuple[str, int], str | None]
+) -> dict[str, KindScore]:
+    grouped: dict[str, list[float]] = {}
+    for result in report.objects:
+        kind = kinds.get((result.video, result.object_id))
+        if kind is not None:
+            grouped.setdefault(kind, []).append(result.jf)
+    return {
+        kind: KindScore(float(np.mean(values)), len(values))
+        for kind, values in sorted(grouped.items())
+    }
 
 
 def compare_with_baselines(
