@@ -65,6 +65,35 @@ def test_missing_history_is_the_current_frame_repeated(fusion):
     assert not torch.allclose(alone.image_features, other.image_features)
 
 
+def _relative_spread(x: torch.Tensor) -> float:
+    """Mean distance of the rows of x from their mean, relative to their mean norm."""
+    x = x.flatten(1)
+    return float((x - x.mean(0)).norm(dim=1).mean() / x.norm(dim=1).mean())
+
+
+def test_fan_in_init_keeps_the_text_visible_in_a_narrow_fusion():
+    def build(init_std):
+        torch.manual_seed(0)
+        return CSTMamba(CSTMambaConfig.tiny().model_copy(update={"init_std": init_std})).eval()
+
+    reference, fan_in = build(0.02), build(None)
+    for name, module in fan_in.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".mamba." not in f".{name}.":
+            assert module.weight.std().item() == pytest.approx(module.in_features**-0.5, rel=0.2)
+    assert reference.token_projection.layers[0].weight.std().item() == pytest.approx(0.02, rel=0.2)
+
+    # Eight different texts on one frame: with 0.02 the fused outputs barely depend on the text.
+    text, frame = _text(n=8, seed=3), _frame(4)
+    with torch.no_grad():
+        small, scaled = reference(text, frame), fan_in(text, frame)
+    assert _relative_spread(small.sparse_tokens[:, 0]) < 0.05
+    assert _relative_spread(scaled.sparse_tokens[:, 0]) > 0.15
+    assert _relative_spread(small.image_features) < 0.01
+    assert _relative_spread(scaled.image_features) > 0.05
+    assert small.sparse_tokens[:, 1].norm(dim=-1).max() < 1e-2
+    assert scaled.sparse_tokens[:, 1].norm(dim=-1).min() > 0.1
+
+
 def test_temporal_slots_follow_the_reference_rule():
     # Released ReSurgSAM2: with 3 slots, the first of each group (padding / history) is 1.
     assert _temporal_slots(2, 3) == [1, 2]

@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
@@ -60,6 +60,11 @@ class CSTMambaConfig(BaseModel):
     forward_text_emb: bool = True
     fusion_hidden_dim: int = 1024  # language_fusion_mlp: d_model -> hidden -> hidden -> d_model
     fusion_dropout: float = 0.2
+    # Std of the fusion's linear layers (Mamba layers keep theirs). ReSurgSAM2's 0.02 suits its
+    # 512/2048-wide layers; in a narrow fusion each layer shrinks the text several times (the
+    # demo's 32/128 widths: ~400x over token_projection), so at init the fused outputs hardly
+    # depend on the text. None scales each layer by its fan-in (std fan_in ** -0.5) instead.
+    init_std: float | None = Field(0.02, gt=0)
 
     @classmethod
     def tiny(cls) -> CSTMambaConfig:
@@ -208,7 +213,8 @@ class CSTMamba(nn.Module):
     def _init_weights(self) -> None:
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear) and ".mamba." not in f".{name}.":
-                nn.init.trunc_normal_(module.weight, std=0.02)
+                std = self.cfg.init_std or module.in_features**-0.5
+                nn.init.trunc_normal_(module.weight, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         nn.init.trunc_normal_(self.temporal_pos_embed, std=0.02)
