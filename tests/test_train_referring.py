@@ -32,7 +32,7 @@ from surgray.train.config import TrainConfig, TrainConfigError, parse_train_conf
 from surgray.train.loop import LoopHooks, WorkerLoop
 from surgray.train.losses import tsl_info_nce
 from surgray.train.step import encode_clip
-from surgray.train.validation import validate
+from surgray.train.validation import _same_kind_union, validate
 
 NEW_MODULES = ("cross_modal_fusion", "text_tower", "semantic_head")
 REFERRING = {
@@ -333,6 +333,41 @@ def test_validation_from_text(tmp_path):
         validate(videos, SAM2Model(micro_config(64)), 1, 4, predictor="text")
 
 
+class _Drawn(TrainVideo):
+    """Hand-drawn id masks with given categories (None: unknown)."""
+
+    def __init__(self, ids: np.ndarray, categories: dict[int, str | None]) -> None:
+        self.ids, self.categories = ids, categories
+        self.video_id, self.num_frames = "drawn", ids.shape[0]
+
+    def load(self, positions):
+        ids = self.ids[list(positions)]
+        return np.zeros(ids.shape + (3,), np.uint8), ids
+
+    def category(self, obj_id):
+        return self.categories[obj_id]
+
+
+def test_same_kind_answers_every_object_of_the_kind():
+    ids = np.zeros((4, 6, 6), np.uint8)
+    ids[:, 0, :2], ids[:, 2, :2], ids[:, 4, :] = 1, 2, 3  # two instruments and a tissue
+    ids[:, 0, 4:] = 4  # an object of unknown category
+    ids[2:, 5, :] = 5  # an instrument that only appears on frame 2
+    categories = {1: "bipolar forceps", 2: "clip applier", 3: "liver", 4: None, 5: "vessel sealer"}
+    video = _Drawn(ids, categories)
+    unions = _same_kind_union(video, ids, [1, 2, 3, 4])
+    assert unions.shape == (4, 4, 6, 6)
+    assert np.array_equal(unions[:, 0], np.isin(ids, [1, 2, 5]))
+    assert np.array_equal(unions[:, 1], unions[:, 0])
+    assert np.array_equal(unions[:, 2], ids == 3)
+    assert np.array_equal(unions[:, 3], ids == 4)
+    # Alone in their kind, objects 3 and 4 score 1; the instruments share their answer.
+    result = validate([video], None, 1, 4, predictor="same_kind")
+    assert result.objects == 4
+    assert result.by_kind["tissue"].jf == 1.0
+    assert result.by_kind["instrument"].jf < 0.7
+
+
 def test_epoch_reports_text_jf_and_evaluate_prints_every_row(tmp_path, capsys):
     reports = []
 
@@ -357,14 +392,15 @@ def test_epoch_reports_text_jf_and_evaluate_prints_every_row(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert all(
         re.search(r"; by kind: (instrument|tissue) \d\.\d{3} \(\d+ objects\)", line)
-        for line in lines[:4]
+        for line in lines[:5]
     )
     rows = [line.split(":")[0].strip() for line in lines]
-    assert rows[:4] == [
+    assert rows[:5] == [
         "checkpoint, mask prompt",
         "checkpoint, text prompt",
         "repeat first-frame mask",
         "predict nothing",
+        "all of its kind (oracle)",
     ]
 
 

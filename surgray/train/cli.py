@@ -99,6 +99,7 @@ ROW_NAMES = {
     "text": "checkpoint, text prompt",
     "repeat_first": "repeat first-frame mask",
     "empty": "predict nothing",
+    "same_kind": "all of its kind (oracle)",
 }
 
 

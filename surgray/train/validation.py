@@ -9,7 +9,10 @@ per-object means, then the mean over objects). Objects that only appear later ar
 the ground truth, since nothing prompted them.
 
 The trivial baselines of the demo gates are scored the same way: repeating the first-frame
-mask on every frame, and predicting nothing.
+mask on every frame, and predicting nothing. For referring models one more reference row,
+`predictor="same_kind"`, answers each object with the ground-truth masks of every object of its
+kind: what a text head that tells only instrument from tissue would score with perfect masks,
+so a text J&F near it means the head is not telling categories apart.
 
 Referring models (`ReSurgSAM2` with a text encoder or text tower) are also scored from text
 (`predictor="text"`): each object visible on the first frame is added to a `Tracker` by its
@@ -42,7 +45,7 @@ from surgray.tracking.memory.base import build_policy
 from surgray.tracking.memory.config import RecentPolicyConfig
 from surgray.train.clip_data import TrainVideo
 
-Predictor = Literal["model", "text", "repeat_first", "empty"]
+Predictor = Literal["model", "text", "repeat_first", "empty", "same_kind"]
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,8 @@ def validate(
 
     predictor "model": the model from first-frame masks; "text": the model from each object's
     referring expression (a referring model; objects without one are skipped and counted);
-    "repeat_first" / "empty": the trivial baselines.
+    "repeat_first" / "empty": the trivial baselines; "same_kind": the ground truth of every
+    object of the object's kind (see the module docstring).
     """
     if predictor == "text" and not can_refer(model):
         raise ValueError(
@@ -225,7 +229,10 @@ def validate(
             continue
         kinds.update({(video.video_id, obj): _kind(video, obj) for obj in prompted})
         first = np.stack([ids[0] == obj for obj in prompted])
-        predicted = _predict(predictor, model, frames, first, texts)
+        if predictor == "same_kind":
+            predicted = _same_kind_union(video, ids, prompted)
+        else:
+            predicted = _predict(predictor, model, frames, first, texts)
         gt = np.where(np.isin(ids, prompted), ids, 0)
         names = tuple(f"{p:05d}" for p in positions)
 
@@ -261,6 +268,18 @@ def _kind(video: TrainVideo, obj_id: int) -> str | None:
     return category_kind(canonical) if canonical else None
 
 
+def _same_kind_union(video: TrainVideo, ids: np.ndarray, prompted: list[int]) -> np.ndarray:
+    """[T, N, H, W]: for each prompted object, every object of its kind (itself alone when its
+    kind is unknown)."""
+    present = [int(v) for v in np.unique(ids) if v != 0]
+    kinds = {obj: _kind(video, obj) for obj in present}
+    unions = []
+    for obj in prompted:
+        group = [o for o in present if kinds[o] is not None and kinds[o] == kinds[obj]]
+        unions.append(np.isin(ids, group or [obj]))
+    return np.stack(unions, axis=1)
+
+
 def _scores_by_kind(
     report: EvaluationReport, kinds: dict[tuple[str, int], str | None]
 ) -> dict[str, KindScore]:
@@ -280,8 +299,9 @@ def compare_with_baselines(
 ) -> dict[str, ValidationResult]:
     """The model (from masks, and from text for referring models) and both trivial baselines
     on the same videos (the demo checkpoint's gates: J&F >= 0.70 and at least 0.15 above the
-    better baseline, from masks)."""
-    names = ["model", "text", "repeat_first", "empty"]
+    better baseline, from masks); for referring models also the same-kind reference row."""
+    names = ["model", "text", "repeat_first", "empty", "same_kind"]
     if not can_refer(model):
         names.remove("text")
+        names.remove("same_kind")
     return {name: validate(videos, model, max_videos, max_frames, predictor=name) for name in names}
