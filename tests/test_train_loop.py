@@ -152,5 +152,5 @@ def test_progress_lines_reach_stdout_once_under_ray_trains_print_patch(tmp_path,
         WorkerLoop(config).run()
     lines = [line for line in capsys.readouterr().out.splitlines() if "[surgray train]" in line]
     assert [line.split(" (global ")[1].split(")")[0] for line in lines] == ["1/2", "2/2"]
-    assert "(focal " in lines[0] and " tsl 0) " in lines[0]
+    assert "(focal " in lines[0] and " tsl 0 text_cat 0 pixel_cat 0) " in lines[0]
     assert not [r for r in caplog.records if "[surgray train]" in r.getMessage()]

@@ -139,6 +139,7 @@ class HeadsOutput:
     predicted_iou: torch.Tensor  # [B] IoU estimate of the kept mask
     obj_ptr: torch.Tensor  # [B, C]
     object_score_logits: torch.Tensor  # [B, 1]
+    fusion_tokens: torch.Tensor | None = None  # [B, 1|2, C] stage 1: the fusion's sparse tokens
 
 
 @dataclass

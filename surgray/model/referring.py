@@ -9,6 +9,9 @@ work unchanged) with two more parts:
   scatters three of them; `surgray.model.referring_checkpoint` maps between the two layouts).
 - `semantic_head` (optional): SAM2S's temporal semantic learning head, which names the
   category of a tracked object among `ReferringConfig.categories`.
+- `category_probes` (optional, training only): linear classifiers over
+  `ReferringConfig.grounding_categories` whose losses keep the fused text and the image
+  features naming categories (`surgray.model.category_probes`).
 
 The text features come from one of two places:
 
@@ -34,12 +37,13 @@ single mask instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from surgray.model.category_probes import CategoryProbes
 from surgray.model.config import ModelConfig
 from surgray.model.cstmamba import CSTMamba, CSTMambaConfig
 from surgray.model.frame_types import FrameFeatures, HeadsOutput
@@ -66,6 +70,10 @@ class ReferringConfig(BaseModel):
     text_cache_size: int = Field(1024, ge=1)
     semantic_head: SemanticHeadConfig | None = None
     categories: tuple[str, ...] = ()  # names the semantic head chooses among
+    # Vocabulary of the training-only category probes (`surgray.model.category_probes`):
+    # instrument and tissue names whose losses (`loss.text_category`, `loss.pixel_category`)
+    # keep the fused text and the image features telling categories apart. Empty: no probes.
+    grounding_categories: tuple[str, ...] = ()
     cifs: CIFSConfig = CIFSConfig()  # default stage switch of text objects in the tracker
     # Stage 1 decodes 3 candidates and keeps the one with the highest predicted IoU, as
     # ReSurgSAM2 does. With one mask the loss makes the fused text choose the object itself
@@ -115,8 +123,10 @@ def check_referring_config(cfg: ModelConfig, referring: ReferringConfig) -> None
             )
     if referring.categories and head is None:
         problems.append("categories are given but there is no semantic_head to choose among them")
-    if len(set(referring.categories)) != len(referring.categories):
-        problems.append(f"categories repeat a name: {list(referring.categories)}")
+    for field in ("categories", "grounding_categories"):
+        names = getattr(referring, field)
+        if len(set(names)) != len(names):
+            problems.append(f"{field} repeat a name: {list(names)}")
     if problems:
         raise ValueError("referring config does not fit the model: " + "; ".join(problems))
 
@@ -150,6 +160,11 @@ class ReSurgSAM2(SAM2Model):
             )
         if text_encoder is not None:
             self.text_encoder = text_encoder
+        self.category_probes = None
+        if referring.grounding_categories:
+            self.category_probes = CategoryProbes(
+                cfg.hidden_dim, len(referring.grounding_categories)
+            )
 
     # ----------------------------------------------------------------- text
     @property
@@ -250,9 +265,10 @@ class ReSurgSAM2(SAM2Model):
         multimask = self.referring_cfg.stage1_multimask and wants_multimask(
             self, has_memory=False, num_clicks=0
         )
-        return run_sam_heads(
+        heads = run_sam_heads(
             self, image, feats.high_res, None, None, multimask, extra_tokens=fused.sparse_tokens
         )
+        return replace(heads, fusion_tokens=fused.sparse_tokens)
 
     def refer_clip(
         self, frames: Sequence[FrameFeatures], expressions: Sequence[str]

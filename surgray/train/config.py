@@ -225,7 +225,13 @@ class TrainConfig(_Section):
                 "sampling.referring_fraction > 0 needs referring expressions: data.source "
                 f"must be ref_endovis or synthetic, got {self.data.source!r}"
             )
+        probes = self.loss.text_category > 0 or self.loss.pixel_category > 0
         if referring is None:
+            if probes:
+                problems.append(
+                    "loss.text_category and loss.pixel_category need a referring model with "
+                    "model.referring.grounding_categories"
+                )
             if referring_clips:
                 problems.append(
                     "sampling.referring_fraction > 0 needs a referring model: set "
@@ -237,6 +243,11 @@ class TrainConfig(_Section):
             problems.append(
                 "loss.tsl > 0 trains model.referring.semantic_head against category names: "
                 "set model.referring.categories (or loss.tsl: 0)"
+            )
+        if probes and not referring.grounding_categories:
+            problems.append(
+                "loss.text_category and loss.pixel_category train the category probes: set "
+                "model.referring.grounding_categories (or both weights to 0)"
             )
         if (referring_clips or tsl) and not has_text_source(referring):
             problems.append(

@@ -78,6 +78,11 @@ class LossConfig(BaseModel):
     # collapse the K names onto one point, where InfoNCE sits at log K with no signal.
     tsl_trains_text: bool = False
     supervise_all_iou: bool = True  # SAM2.1 configs: IoU head trained on every candidate
+    # Category probes on referring clips (`surgray.train.grounding`; the names are
+    # model.referring.grounding_categories): cross-entropy of the expression's category from
+    # the fusion's tokens, and of each pixel's category from the stride-16 image features.
+    text_category: float = Field(0.0, ge=0)
+    pixel_category: float = Field(0.0, ge=0)
 
 
 @dataclass
@@ -119,6 +124,8 @@ class LossBreakdown:
     iou: torch.Tensor
     object_class: torch.Tensor
     tsl: torch.Tensor
+    text_category: torch.Tensor  # referring clips with category probes, else 0
+    pixel_category: torch.Tensor
     total: torch.Tensor
 
     @classmethod
@@ -228,7 +235,8 @@ class SAM2Loss(nn.Module):
             + cfg.object_class * terms["object_class"]
             + cfg.tsl * tsl
         )
-        return LossBreakdown(**terms, tsl=tsl, total=total)
+        zero = torch.zeros((), device=device)
+        return LossBreakdown(**terms, tsl=tsl, text_category=zero, pixel_category=zero, total=total)
 
     def _pick_candidate(
         self, focal: torch.Tensor, dice: torch.Tensor, iou_error: torch.Tensor

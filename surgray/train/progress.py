@@ -19,8 +19,17 @@ if TYPE_CHECKING:
     from surgray.train.config import ScheduleSection
 
 # The loss terms a step reports, summed per epoch and averaged over workers.
-LOSS_PARTS = ("total", "focal", "dice", "iou", "object_class", "tsl")
-_LABELS = {"object_class": "obj"}
+LOSS_PARTS = (
+    "total",
+    "focal",
+    "dice",
+    "iou",
+    "object_class",
+    "tsl",
+    "text_category",
+    "pixel_category",
+)
+_LABELS = {"object_class": "obj", "text_category": "text_cat", "pixel_category": "pixel_cat"}
 
 
 def progress_line(

@@ -22,6 +22,8 @@ conditioning memory, and the frames after it are tracked. Every frame is supervi
 SAM2S TSL (models with a semantic head and category names, `LossConfig.tsl > 0`): every
 memory-conditioned frame also gets the semantic head's embedding of each object
 (`surgray.train.semantic`), scored against the category-name embeddings by `SAM2Loss`.
+Referring models with category probes add their losses on the stage-1 frames of referring
+clips (`surgray.train.grounding`).
 
 A frozen image encoder runs without autograd (no activations kept for a backward pass).
 
@@ -46,6 +48,7 @@ from surgray.tracking.memory.types import MemoryEntry
 from surgray.train.clicks import Clicks
 from surgray.train.clip_data import TrainingClip
 from surgray.train.clip_memory import ClipMemory
+from surgray.train.grounding import grounding_enabled, grounding_loss
 from surgray.train.losses import DecoderStep, FramePrediction, FrameTarget, LossBreakdown, SAM2Loss
 from surgray.train.prompts import (
     ClipPromptPlan,
@@ -118,6 +121,7 @@ class _ClipRun:
         self.memory = ClipMemory(model.cfg, self.count, clip.num_frames)
         self.predictions: dict[int, FramePrediction] = {}
         self.final: dict[int, torch.Tensor] = {}
+        self.stage1: tuple[list[int], list[HeadsOutput]] = ([], [])  # referring clips
         self.semantic = SemanticSupervision(model) if tsl else None
 
     def fused(self, t: int, feats: FrameFeatures, with_memory: bool) -> torch.Tensor:
@@ -214,6 +218,7 @@ class _ClipRun:
             raise ValueError(
                 f"the referring stage returned {len(outputs)} outputs for {len(staged)} frames"
             )
+        self.stage1 = (staged, outputs)
         for p, heads in zip(staged, outputs):
             steps = [DecoderStep.from_heads(heads)]
             if p == self.clip.anchor:
@@ -265,6 +270,10 @@ def run_clip(
         text = category_embeddings(model, loss_fn.config)
     targets = [FrameTarget(masks=clip.masks[t], category_ids=categories) for t in order]
     loss = loss_fn(predictions, targets, text_embeddings=text, num_objects=num_objects)
+    if clip.kind == "referring" and grounding_enabled(model, loss_fn.config):
+        staged, stage1 = run.stage1
+        embeds = [run.features[p].image_embed for p in staged]
+        loss = loss + grounding_loss(model, loss_fn.config, clip, staged, stage1, embeds)
     return ClipOutput(
         loss=loss,
         predictions=predictions,
