@@ -69,13 +69,14 @@ def pixel_category_loss(
     if not image_embeds:
         return _zero(probes)
     size = masks.shape[-2:]
+    classes = [c + 1 if c >= 0 else -1 for c in category_ids.tolist()]  # 0: no object
     losses = []
     for embed, frame_masks in zip(image_embeds, masks):
         logits = probes.pixel(embed)
         logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
         target = torch.zeros(size, dtype=torch.long, device=logits.device)
-        for obj_mask, category in zip(frame_masks, category_ids.tolist()):
-            target[obj_mask.bool()] = category + 1 if category >= 0 else -1
+        for obj_mask, label in zip(frame_masks, classes):
+            target[obj_mask.bool()] = label
         losses.append(F.cross_entropy(logits, target[None], ignore_index=-1))
     return torch.stack(losses).mean()
 

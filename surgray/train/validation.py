@@ -179,8 +179,18 @@ def track_from_text(model, frames: np.ndarray, texts: Sequence[str]) -> np.ndarr
 
 
 def _predict(
-    predictor: Predictor, model, frames: np.ndarray, first: np.ndarray, texts: Sequence[str]
+    predictor: Predictor,
+    model,
+    video: TrainVideo,
+    frames: np.ndarray,
+    ids: np.ndarray,
+    prompted: list[int],
+    texts: Sequence[str],
 ) -> np.ndarray:
+    """[T, N, H, W] masks of the prompted objects on the loaded frames."""
+    if predictor == "same_kind":
+        return _same_kind_union(video, ids, prompted)
+    first = np.stack([ids[0] == obj for obj in prompted])
     count, (height, width) = first.shape[0], first.shape[1:]
     if predictor == "model":
         return track_from_first_mask(model, frames, first)
@@ -228,11 +238,7 @@ def validate(
         if not prompted:
             continue
         kinds.update({(video.video_id, obj): _kind(video, obj) for obj in prompted})
-        first = np.stack([ids[0] == obj for obj in prompted])
-        if predictor == "same_kind":
-            predicted = _same_kind_union(video, ids, prompted)
-        else:
-            predicted = _predict(predictor, model, frames, first, texts)
+        predicted = _predict(predictor, model, video, frames, ids, prompted, texts)
         gt = np.where(np.isin(ids, prompted), ids, 0)
         names = tuple(f"{p:05d}" for p in positions)
 
