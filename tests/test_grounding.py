@@ -77,6 +77,23 @@ def test_pixel_category_loss_by_hand():
         pixel_category_loss(probes, [embed], masks.expand(2, -1, -1, -1), ids)
 
 
+def test_pixel_category_loss_weighs_each_class_alike():
+    probes = _probes(categories=2)
+    # A 1x4 map: an object of category 0 (class 1) on one pixel, background on three.
+    embed = torch.zeros(1, 2, 1, 4)
+    embed[0, 0] = torch.tensor([[1.0, -1.0, 0.5, 2.0]])
+    masks = torch.zeros(1, 1, 1, 4, dtype=torch.bool)
+    masks[0, 0, 0, 0] = True
+    loss = pixel_category_loss(probes, [embed], masks, torch.tensor([0]))
+    background = (_nll(-1.0, 0, 3) + _nll(0.5, 0, 3) + _nll(2.0, 0, 3)) / 3
+    assert float(loss) == pytest.approx((_nll(1.0, 1, 3) + background) / 2, rel=1e-6)
+    # Two frames: each is balanced on its own, then the frames are averaged.
+    two = pixel_category_loss(
+        probes, [embed, embed], masks.expand(2, -1, -1, -1), torch.tensor([0])
+    )
+    assert float(two) == pytest.approx(float(loss), rel=1e-6)
+
+
 @pytest.mark.parametrize(
     "referring, loss, named",
     [

@@ -9,7 +9,11 @@ cross-entropies name the category explicitly, on every stage-1 frame (context an
   of every object, the category of its expression, averaged over tokens and frames;
 - `pixel_category`: from the frame's stride-16 image features (logits brought to the mask
   size), each pixel's category among the clip's objects, 0 where none is; pixels of objects
-  whose category is not in the vocabulary are left out. Averaged over frames.
+  whose category is not in the vocabulary are left out. Each class present on a frame weighs
+  the same however many pixels it covers (background, tissue and a thin instrument alike):
+  averaged per pixel, the background and the tissues drown the instruments, whose categories
+  are the ones hard to tell apart (runs 25-26 in surgray/assets/demo/README.md). Averaged over
+  frames.
 
 Objects whose category is unknown or not in `ReferringConfig.grounding_categories` are skipped;
 a clip with none known contributes 0.
@@ -59,7 +63,7 @@ def pixel_category_loss(
     masks: torch.Tensor,
     category_ids: torch.Tensor,
 ) -> torch.Tensor:
-    """Mean over frames of the per-pixel cross-entropy of the category map.
+    """Mean over frames of the class-balanced per-pixel cross-entropy of the category map.
 
     image_embeds: per frame [1, C, h, w]; masks [F, N, S, S] the clip objects' masks on those
     frames; category_ids [N] (-1: the object's pixels are left out).
@@ -77,8 +81,19 @@ def pixel_category_loss(
         target = torch.zeros(size, dtype=torch.long, device=logits.device)
         for obj_mask, label in zip(frame_masks, classes):
             target[obj_mask.bool()] = label
-        losses.append(F.cross_entropy(logits, target[None], ignore_index=-1))
+        losses.append(
+            _class_balanced_cross_entropy(logits, target[None], 1 + probes.num_categories)
+        )
     return torch.stack(losses).mean()
+
+
+def _class_balanced_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """Mean over the classes present in `target` of each class's mean pixel cross-entropy."""
+    counts = torch.bincount(target[target >= 0].flatten(), minlength=num_classes).float()
+    weight = torch.where(counts > 0, 1.0 / counts.clamp(min=1.0), torch.zeros_like(counts))
+    return F.cross_entropy(logits, target, weight=weight, ignore_index=-1)
 
 
 def _zero(probes: CategoryProbes) -> torch.Tensor:
