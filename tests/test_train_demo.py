@@ -43,7 +43,7 @@ def test_demo_checkpoint_loads_strictly_and_tracks_a_held_out_clip():
 
 
 REFERRING = REPO / "surgray" / "assets" / "demo" / "referring.pt"
-# The shipped text head is below the demo's target (held-out J&F 0.46 from text, see
+# The shipped text head is below the demo's target (held-out J&F 0.48 from text, see
 # surgray/assets/demo/README.md; 0.48 on this clip): this bound guards the text path end to end
 # (an all-empty or wrong-object answer scores near 0), not the 0.50 the demo aims for.
 TEXT_BOUND_ON_CLIP = 0.30

@@ -413,9 +413,13 @@ def test_the_referring_demo_recipe_starts_from_the_demo_checkpoint():
     model = build_training_model(config.model_copy(update={"model": section}))
     demo, _ = read_state_dict(init)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in demo.items())
-    trainable = set(config.optim.trainable_prefixes)
-    assert trainable == {f"{m}." for m in NEW_MODULES}
-    assert set(config.model.init_from) == set(NEW_MODULES)
+    # The category probes train with the new modules (they only shape them; inference never
+    # calls them).
+    new_modules = (*NEW_MODULES, "category_probes")
+    assert set(config.optim.trainable_prefixes) == {f"{m}." for m in new_modules}
+    assert set(config.model.init_from) == set(new_modules)
+    assert config.loss.text_category > 0 and config.loss.pixel_category > 0
+    assert model.category_probes.num_categories == 15
     # ReSurgSAM2's two stages: the new modules alone first, then everything (the image
     # encoder too: model.pt's features were learnt for tracking, not for telling categories).
     assert 0 < config.optim.unfreeze_at_step < config.schedule.total_steps
