@@ -13,6 +13,7 @@ import pytest
 import torch
 from _local_http import free_port
 
+from surgray.data.categories import INSTRUMENT_CATEGORIES, TISSUE_CATEGORIES
 from surgray.data.synthetic_plan import DRAWABLE_INSTRUMENTS
 from surgray.model.checkpoint import CheckpointMismatchError, read_state_dict, save_checkpoint
 from surgray.model.referring import ReSurgSAM2
@@ -419,7 +420,9 @@ def test_the_referring_demo_recipe_starts_from_the_demo_checkpoint():
     assert set(config.optim.trainable_prefixes) == {f"{m}." for m in new_modules}
     assert set(config.model.init_from) == set(new_modules)
     assert config.loss.text_category > 0 and config.loss.pixel_category > 0
-    assert model.category_probes.num_categories == 15
+    # The config spells out the canonical names (YAML cannot import them): same names, same order.
+    assert config.model.referring.grounding_categories == INSTRUMENT_CATEGORIES + TISSUE_CATEGORIES
+    assert model.category_probes.num_categories == len(config.model.referring.grounding_categories)
     # ReSurgSAM2's two stages: the new modules alone first, then everything (the image
     # encoder too: model.pt's features were learnt for tracking, not for telling categories).
     assert 0 < config.optim.unfreeze_at_step < config.schedule.total_steps
