@@ -344,21 +344,39 @@ def test_unknown_and_lost_sessions(client):
 
 
 def test_two_replicas_pin_sessions_and_match_a_local_tracker(served, client):
+    sessions: list[tuple[Session, tuple]] = []
+    per_replica: dict[str, int] = {}
+    try:
+        for attempt in range(16):  # creations are spread at random; stop once both hold 2
+            box = (6 + attempt % 4, 10, 28 + attempt % 4, 31)
+            response = client.post("/v1/sessions", json={"objects": [{"box": list(box)}]})
+            if response.status_code == 429:
+                # The router sent it to a replica already holding its 8: a full replica
+                # refuses, and the next creation is routed afresh.
+                expect_error(response, 429, "at_capacity")
+                continue
+            assert response.status_code == 201, response.text
+            session = Session(
+                client, response.json()["session_id"], response.headers[REPLICA_HEADER]
+            )
+            sessions.append((session, box))
+            per_replica[session.replica] = per_replica.get(session.replica, 0) + 1
+            if len(per_replica) == 2 and min(per_replica.values()) >= 2:
+                break
+        assert len(per_replica) == 2 and min(per_replica.values()) >= 2, per_replica
+        _pinned_sessions_track_as_a_local_tracker(served, sessions)
+    except BaseException:  # a failure must not leave sessions holding the replicas' capacity
+        for session, _ in sessions:
+            session.delete()
+        raise
+
+
+def _pinned_sessions_track_as_a_local_tracker(served: Served, sessions: list) -> None:
     import torch
 
     from surgray.model.checkpoint import build_model
     from surgray.tracking.tracker import Tracker
 
-    sessions: list[tuple[Session, tuple]] = []
-    per_replica: dict[str, int] = {}
-    for attempt in range(16):  # creations are spread at random; stop once both hold 2
-        box = (6 + attempt % 4, 10, 28 + attempt % 4, 31)
-        session = open_session(client, [{"box": list(box)}])
-        sessions.append((session, box))
-        per_replica[session.replica] = per_replica.get(session.replica, 0) + 1
-        if len(per_replica) == 2 and min(per_replica.values()) >= 2:
-            break
-    assert len(per_replica) == 2 and min(per_replica.values()) >= 2, per_replica
     frames = {s.session_id: scene(20, seed) for seed, (s, _) in enumerate(sessions)}
     served_masks: dict[str, list] = {s.session_id: [] for s, _ in sessions}
     for index in range(20):  # interleaved: frame i of every session, then frame i + 1
