@@ -23,6 +23,8 @@ Modules without a published checkpoint (their keys are ours; add a row when addi
 |                      | blocks, language fusion  | differently: table in `referring_checkpoint` |
 | `semantic_head`      | SAM2S TSL head           | `ReferringConfig.semantic_head` is set       |
 | `text_tower`         | small CLIP text tower    | `ReferringConfig.text_tower` is set          |
+| `text_pixel`         | stride-8 text-pixel head | `ReferringConfig.text_pixel` is set          |
+| `category_probes`    | training-only probes     | `ReferringConfig.grounding_categories` set   |
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ NEW_MODULE_PREFIXES: tuple[str, ...] = (
     "cross_modal_fusion",
     "semantic_head",
     "text_tower",
+    "text_pixel",
+    "category_probes",
 )
 METADATA_KEY = "surgray"
 _SHOWN = 5  # keys named per kind of problem

@@ -45,6 +45,7 @@ def run_sam_heads(
     mask_prompt: torch.Tensor | None,
     multimask: bool,
     extra_tokens: torch.Tensor | None = None,
+    mask_bias: torch.Tensor | None = None,
 ) -> HeadsOutput:
     """Prompt encoder + mask decoder + pointer for B objects with the same prompt layout.
 
@@ -52,6 +53,8 @@ def run_sam_heads(
     mask_prompt: [B, 1, H, W] logits (resized to the prompt encoder's mask size) or None.
     extra_tokens: [B, T, C] sparse prompt tokens appended after the clicks' (ReSurgSAM2's
     fused class token and text embedding), or None.
+    mask_bias: [B, 1, h, w] logits added to every candidate low-res mask before the object-score
+    decision (the referring model's text-pixel head, `surgray.model.text_pixel`), or None.
     """
     batch = image_embed.shape[0]
     device = image_embed.device
@@ -77,6 +80,8 @@ def run_sam_heads(
         high_res_features=high_res or None,
     )
     low_res = decoded.masks
+    if mask_bias is not None:
+        low_res = low_res + mask_bias.to(low_res.dtype)
     scores = decoded.object_score_logits
     if model.cfg.mask_decoder.pred_obj_scores:
         # Masks are a hard present/absent decision, consistent with the pointer below.

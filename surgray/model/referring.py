@@ -1,7 +1,7 @@
 """ReSurgSAM2: SAM2 plus text-referred segmentation (stage 1 of research/methods.md §3).
 
 `ReSurgSAM2` is a `SAM2Model` (so the tracker, the memory policies and the SAM2 checkpoints
-work unchanged) with two more parts:
+work unchanged) with these additions:
 
 - `cross_modal_fusion`: the referring head, a `CSTMamba`. It holds everything ReSurgSAM2 adds
   for text: the token projection of CLIP features, the class token, the temporal encoding, the
@@ -9,6 +9,9 @@ work unchanged) with two more parts:
   scatters three of them; `surgray.model.referring_checkpoint` maps between the two layouts).
 - `semantic_head` (optional): SAM2S's temporal semantic learning head, which names the
   category of a tracked object among `ReferringConfig.categories`.
+- `text_pixel` (optional, ours): a stride-8 text-pixel term added to the stage-1 mask logits
+  (`surgray.model.text_pixel`), for networks whose stride-16 map is too coarse to tell
+  categories apart.
 - `category_probes` (optional, training only): linear classifiers over
   `ReferringConfig.grounding_categories` whose losses keep the fused text and the image
   features naming categories (`surgray.model.category_probes`).
@@ -31,7 +34,8 @@ embedding, as on SAM2's initial frame; the SAM decoder runs with no clicks (one 
 the no-mask dense embedding and, as extra sparse tokens, the fused class token and the fused
 text embedding. With several candidate masks (SAM2.1's rule for prompts of zero clicks) the
 one with the highest predicted IoU is kept; `ReferringConfig.stage1_multimask=False` decodes a
-single mask instead.
+single mask instead. With `ReferringConfig.text_pixel` the head's stride-8 term is added to the
+decoder's masks before the object-score decision.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from surgray.model.memory_readout import condition_on_memory
 from surgray.model.sam2 import SAM2Model
 from surgray.model.semantic_head import SemanticHead, SemanticHeadConfig
 from surgray.model.text_encoder import TextEncoder, TextFeatures
+from surgray.model.text_pixel import TextPixelConfig, TextPixelHead
 from surgray.model.text_tower import TextTowerConfig, build_text_tower
 from surgray.tracking.cifs import CIFSConfig
 
@@ -74,6 +79,9 @@ class ReferringConfig(BaseModel):
     # instrument and tissue names whose losses (`loss.text_category`, `loss.pixel_category`)
     # keep the fused text and the image features telling categories apart. Empty: no probes.
     grounding_categories: tuple[str, ...] = ()
+    # A stride-8 text-pixel term on stage-1 masks (`surgray.model.text_pixel`); None: off, as
+    # in ReSurgSAM2.
+    text_pixel: TextPixelConfig | None = None
     cifs: CIFSConfig = CIFSConfig()  # default stage switch of text objects in the tracker
     # Stage 1 decodes 3 candidates and keeps the one with the highest predicted IoU, as
     # ReSurgSAM2 does. With one mask the loss makes the fused text choose the object itself
@@ -165,6 +173,12 @@ class ReSurgSAM2(SAM2Model):
             self.category_probes = CategoryProbes(
                 cfg.hidden_dim, len(referring.grounding_categories)
             )
+        self.text_pixel = None
+        if referring.text_pixel is not None:
+            # The decoder's projected stride-8 map (conv_s1: a quarter of the width) when the
+            # network has high-resolution features, else the stride-16 map itself.
+            pixel_dim = cfg.hidden_dim // 4 if self.uses_high_res_features else cfg.hidden_dim
+            self.text_pixel = TextPixelHead(referring.text_pixel, cfg.hidden_dim, pixel_dim)
 
     # ----------------------------------------------------------------- text
     @property
@@ -265,8 +279,22 @@ class ReSurgSAM2(SAM2Model):
         multimask = self.referring_cfg.stage1_multimask and wants_multimask(
             self, has_memory=False, num_clicks=0
         )
+        mask_bias = None
+        if self.text_pixel is not None:
+            pixels = feats.high_res[1] if feats.high_res else feats.image_embed
+            h, w = feats.image_embed.shape[-2:]
+            # The decoder's masks are 4x the stride-16 map (its two 2x transposed convolutions).
+            size = (4 * h, 4 * w)
+            mask_bias = self.text_pixel(fused.sparse_tokens[:, -1], pixels, size)
         heads = run_sam_heads(
-            self, image, feats.high_res, None, None, multimask, extra_tokens=fused.sparse_tokens
+            self,
+            image,
+            feats.high_res,
+            None,
+            None,
+            multimask,
+            extra_tokens=fused.sparse_tokens,
+            mask_bias=mask_bias,
         )
         return replace(heads, fusion_tokens=fused.sparse_tokens)
 

@@ -62,6 +62,7 @@ class OptimConfig(BaseModel):
         "text_projection.",
         "semantic_head.",
         "category_probes.",
+        "text_pixel.",
     )
     end_factor: float = Field(0.1, ge=0, le=1)
     new_module_end_factor: float = Field(1 / 30, ge=0, le=1)
