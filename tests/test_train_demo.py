@@ -43,10 +43,11 @@ def test_demo_checkpoint_loads_strictly_and_tracks_a_held_out_clip():
 
 
 REFERRING = REPO / "surgray" / "assets" / "demo" / "referring.pt"
-# The shipped text head is below the demo's target (held-out J&F 0.48 from text, see
-# surgray/assets/demo/README.md; 0.48 on this clip): this bound guards the text path end to end
-# (an all-empty or wrong-object answer scores near 0), not the 0.50 the demo aims for.
-TEXT_BOUND_ON_CLIP = 0.30
+# The shipped text head scores held-out J&F 0.516 from text on the test split (the demo's target
+# is 0.50, see surgray/assets/demo/README.md) and 0.58 on this clip. One clip is too noisy for
+# the split-level target: this bound guards the text path end to end (an all-empty or
+# wrong-object answer scores near 0).
+TEXT_BOUND_ON_CLIP = 0.40
 
 
 def test_referring_demo_checkpoint_finds_objects_from_text_on_a_held_out_clip():

@@ -415,14 +415,15 @@ def test_the_referring_demo_recipe_starts_from_the_demo_checkpoint():
     demo, _ = read_state_dict(init)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in demo.items())
     # The category probes train with the new modules (they only shape them; inference never
-    # calls them).
-    new_modules = (*NEW_MODULES, "category_probes")
+    # calls them), and so does the stride-8 text-pixel head.
+    new_modules = (*NEW_MODULES, "category_probes", "text_pixel")
     assert set(config.optim.trainable_prefixes) == {f"{m}." for m in new_modules}
     assert set(config.model.init_from) == set(new_modules)
     assert config.loss.text_category > 0 and config.loss.pixel_category > 0
     # The config spells out the canonical names (YAML cannot import them): same names, same order.
     assert config.model.referring.grounding_categories == INSTRUMENT_CATEGORIES + TISSUE_CATEGORIES
     assert model.category_probes.num_categories == len(config.model.referring.grounding_categories)
+    assert model.text_pixel is not None and model.text_pixel.scale.item() == 0.0
     # ReSurgSAM2's two stages: the new modules alone first, then everything (the image
     # encoder too: model.pt's features were learnt for tracking, not for telling categories).
     assert 0 < config.optim.unfreeze_at_step < config.schedule.total_steps
