@@ -139,3 +139,24 @@ def test_checkpoints_carry_the_head(clip_dir, tmp_path):
     report = load_referring_checkpoint(fresh, old, init_from=("text_pixel",))
     assert report.initialised and all(k.startswith("text_pixel.") for k in report.initialised)
     assert fresh.text_pixel.scale.item() == 0.0
+
+
+def test_without_high_res_features_the_head_reads_the_stride_16_map(clip_dir):
+    cfg = micro_config(SIZE)
+    cfg = cfg.model_copy(
+        update={
+            "mask_decoder": cfg.mask_decoder.model_copy(update={"use_high_res_features": False})
+        }
+    )
+    plain = tiny_model(clip_dir, size=SIZE)
+    model = ReSurgSAM2(
+        cfg, plain.referring_cfg.model_copy(update={"text_pixel": TextPixelConfig()})
+    )
+    model.text_encoder = plain.text_encoder
+    assert model.text_pixel.pixel[0].in_channels == 32  # the neck's width
+    with torch.no_grad():
+        model.text_pixel.scale.fill_(1.0)
+        frame = model.eval().encode_frames(torch.randn(1, 3, SIZE, SIZE))[0]
+        assert frame.high_res == []
+        out = model.refer(frame, model.encode_text(["the grasper"]))
+    assert out.low_res_masks.shape == (1, 1, SIZE // 4, SIZE // 4)

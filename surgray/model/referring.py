@@ -281,20 +281,9 @@ class ReSurgSAM2(SAM2Model):
         )
         mask_bias = None
         if self.text_pixel is not None:
-            pixels = feats.high_res[1] if feats.high_res else feats.image_embed
-            h, w = feats.image_embed.shape[-2:]
-            # The decoder's masks are 4x the stride-16 map (its two 2x transposed convolutions).
-            size = (4 * h, 4 * w)
-            mask_bias = self.text_pixel(fused.sparse_tokens[:, -1], pixels, size)
+            mask_bias = self.text_pixel.for_frame(fused.sparse_tokens[:, -1], feats)
         heads = run_sam_heads(
-            self,
-            image,
-            feats.high_res,
-            None,
-            None,
-            multimask,
-            extra_tokens=fused.sparse_tokens,
-            mask_bias=mask_bias,
+            self, image, feats.high_res, None, None, multimask, fused.sparse_tokens, mask_bias
         )
         return replace(heads, fusion_tokens=fused.sparse_tokens)
 

@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
+from surgray.model.frame_types import FrameFeatures
+
 
 class TextPixelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -60,3 +62,11 @@ class TextPixelHead(nn.Module):
         if tuple(bias.shape[-2:]) != tuple(size):
             bias = F.interpolate(bias, size=size, mode="bilinear", align_corners=False)
         return bias
+
+    def for_frame(self, text_tokens: torch.Tensor, features: FrameFeatures) -> torch.Tensor:
+        """The bias of the decoder's masks on one frame, from its stride-8 map (its stride-16
+        map when the network has no high-resolution features). The masks are 4x the stride-16
+        map: the decoder upscales it by two 2x transposed convolutions."""
+        pixels = features.high_res[1] if features.high_res else features.image_embed
+        h, w = features.image_embed.shape[-2:]
+        return self(text_tokens, pixels, (4 * h, 4 * w))
