@@ -1,4 +1,5 @@
-"""Text-pixel head: a stride-8 term added to ReSurgSAM2's stage-1 mask logits.
+"""Text-pixel head: a stride-8 term added to ReSurgSAM2's stage-1 mask logits (ours, not in the
+published method).
 
 CSTMamba fuses the text with the stride-16 map only, and the SAM decoder picks the referred
 object from that map's tokens; finer maps reach the decoder only through its upscaling path,
@@ -9,9 +10,10 @@ features named 27% of instrument categories at stride 16 and 47% at stride 8
 
     bias = scale * <W_text t, pixel_mlp(s1)> / sqrt(E)
 
-with t the fusion's last sparse token (the fused text embedding), s1 the decoder's projected
-stride-8 map (the stride-16 map for networks without high-resolution features) and E
-`embed_dim`. The map is brought to the decoder's mask size and added to every candidate mask.
+with t the fusion's last sparse token (the fused text embedding; the class token when the
+fusion's `forward_text_emb` is off), s1 the decoder's projected stride-8 map (the stride-16 map
+for networks without high-resolution features) and E `embed_dim`. The map is brought to the
+decoder's mask size and added to every candidate mask.
 `scale` starts at 0, so a head added to a trained network starts as stage 1 without it.
 """
 
