@@ -175,9 +175,12 @@ class ReSurgSAM2(SAM2Model):
             )
         self.text_pixel = None
         if referring.text_pixel is not None:
-            # The decoder's projected stride-8 map (conv_s1: a quarter of the width) when the
-            # network has high-resolution features, else the stride-16 map itself.
-            pixel_dim = cfg.hidden_dim // 4 if self.uses_high_res_features else cfg.hidden_dim
+            # The decoder's projected stride-8 map when the network has high-resolution
+            # features, else the stride-16 map itself.
+            decoder = self.sam_mask_decoder
+            pixel_dim = (
+                decoder.conv_s1.out_channels if decoder.use_high_res_features else cfg.hidden_dim
+            )
             self.text_pixel = TextPixelHead(referring.text_pixel, cfg.hidden_dim, pixel_dim)
 
     # ----------------------------------------------------------------- text
