@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from surgray.errors import EXIT_INTERNAL, EXIT_USER, UserError, debug_requested, one_line
 
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -39,18 +42,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--debug":
+        os.environ["SURGRAY_DEBUG"] = "1"
+        argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         build_parser().print_help()
         return 0
     name = argv[0]
     if name not in COMMANDS or not _available(COMMANDS[name][0]):
         print(f"surgray: unknown command {name!r} (see surgray --help)", file=sys.stderr)
-        return 2
+        return EXIT_USER
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"surgray {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except UserError as exc:
+        if debug_requested():
+            raise
+        print(f"surgray {name}: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print(f"surgray {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug_requested():
+            raise
+        print(
+            f"surgray {name}: internal error: {type(exc).__name__}: {one_line(exc, 300)} "
+            "(rerun with --debug or SURGRAY_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":
