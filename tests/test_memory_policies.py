@@ -12,6 +12,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from surgray.model.memory_types import MemoryEntry
 from surgray.tracking.memory.base import build_policy, policy_names
 from surgray.tracking.memory.config import (
     DiveMemPolicyConfig,
@@ -26,7 +27,6 @@ from surgray.tracking.memory.dlm import DLMPolicy
 from surgray.tracking.memory.prune import PrunePolicy
 from surgray.tracking.memory.recent import RecentPolicy
 from surgray.tracking.memory.similarity import similarity
-from surgray.tracking.memory.types import MemoryEntry
 
 C, H, W, PTR = 4, 2, 2, 8
 

@@ -8,9 +8,9 @@ import torch
 
 from surgray.model.heads import run_sam_heads
 from surgray.model.memory_readout import condition_on_memory
+from surgray.model.memory_types import MemoryEntry
 from surgray.model.sam2 import SAM2Model
 from surgray.model.variants import get_variant
-from surgray.tracking.memory.types import MemoryEntry
 from surgray.train.clip_data import TrainingClip, load_clip, synthetic_videos
 from surgray.train.clip_memory import ClipMemory
 from surgray.train.config import SyntheticSourceSection

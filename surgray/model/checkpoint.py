@@ -34,10 +34,12 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from surgray.errors import UserError
 from surgray.model.config import ModelConfig
 from surgray.model.sam2 import SAM2Model
 
@@ -56,7 +58,7 @@ METADATA_KEY = "surgray"
 _SHOWN = 5  # keys named per kind of problem
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be read or does not fit the model."""
 
 
@@ -105,6 +107,9 @@ def _read_bytes_or_path(source: str, storage_options: dict[str, Any] | None) -> 
 
 
 SHIPPED_PREFIX = "demo:"
+# The checkpoints shipped inside the package (the demo's), found next to this file so that
+# any working directory and any installed layout resolve them alike.
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
 
 
 def shipped_checkpoint_path(source: str) -> str:
@@ -112,16 +117,14 @@ def shipped_checkpoint_path(source: str) -> str:
     other source unchanged."""
     if not source.startswith(SHIPPED_PREFIX):
         return source
-    from surgray.demo_inputs import DEMO_ASSETS
-
     name = source[len(SHIPPED_PREFIX) :]
-    shipped = sorted(path.stem for path in DEMO_ASSETS.glob("*.pt"))
+    shipped = sorted(path.stem for path in SHIPPED_DIR.glob("*.pt"))
     if name not in shipped:
         raise CheckpointError(
             f"checkpoint {source!r}: no such shipped checkpoint; shipped: "
             f"{', '.join(SHIPPED_PREFIX + n for n in shipped)}"
         )
-    return str(DEMO_ASSETS / f"{name}.pt")
+    return str(SHIPPED_DIR / f"{name}.pt")
 
 
 def read_state_dict(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from surgray.tracking.memory.types import MemoryEntry
+from surgray.model.memory_types import MemoryEntry
 
 
 @dataclass

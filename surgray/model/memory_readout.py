@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from surgray.model.memory_types import MemorySelection, SpatialMemory
 from surgray.model.object_pointer import pointer_memory_tokens
-from surgray.tracking.memory.types import MemorySelection, SpatialMemory
 
 if TYPE_CHECKING:
     from surgray.model.sam2 import SAM2Model

@@ -46,10 +46,10 @@ from surgray.model.mask_decoder import MaskDecoder
 from surgray.model.memory_attention import MemoryAttention
 from surgray.model.memory_encoder import MemoryEncoder
 from surgray.model.memory_readout import condition_on_memory
+from surgray.model.memory_types import MemorySelection
 from surgray.model.memory_writer import encode_memory
 from surgray.model.prompt_encoder import PromptEncoder
 from surgray.model.types import BackboneOutput
-from surgray.tracking.memory.types import MemorySelection
 
 
 def check_model_config(cfg: ModelConfig) -> None:

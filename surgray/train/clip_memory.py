@@ -15,14 +15,14 @@ Differences from inference, all following SAM2's training code (`SAM2Base` in tr
 from __future__ import annotations
 
 from surgray.model.config import ModelConfig
-from surgray.tracking.memory.config import RecentPolicyConfig
-from surgray.tracking.memory.recent import RecentPolicy
-from surgray.tracking.memory.types import (
+from surgray.model.memory_types import (
     MemoryEntry,
     MemorySelection,
     SpatialMemory,
     temporal_index_for,
 )
+from surgray.tracking.memory.config import RecentPolicyConfig
+from surgray.tracking.memory.recent import RecentPolicy
 
 
 def training_policy_config(cfg: ModelConfig) -> RecentPolicyConfig:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from surgray.model.frame_types import FrameFeatures
-from surgray.tracking.memory.types import MemorySelection
+from surgray.model.memory_types import MemorySelection
 from surgray.train.losses import LossConfig
 
 if TYPE_CHECKING:

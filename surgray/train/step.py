@@ -43,8 +43,8 @@ from torch import nn
 from surgray.model.frame_types import FrameFeatures, HeadsOutput
 from surgray.model.heads import mask_as_output, run_sam_heads, wants_multimask
 from surgray.model.memory_readout import condition_on_memory
+from surgray.model.memory_types import MemoryEntry
 from surgray.model.memory_writer import encode_memory
-from surgray.tracking.memory.types import MemoryEntry
 from surgray.train.clicks import Clicks
 from surgray.train.clip_data import TrainingClip
 from surgray.train.clip_memory import ClipMemory

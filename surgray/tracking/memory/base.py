@@ -13,8 +13,8 @@ from collections.abc import Iterable
 
 import torch
 
+from surgray.model.memory_types import MemoryEntry, MemorySelection
 from surgray.tracking.memory.config import MemoryPolicyConfig, parse_policy_config
-from surgray.tracking.memory.types import MemoryEntry, MemorySelection
 
 
 class MemoryPolicy(ABC):

@@ -14,11 +14,11 @@ first (the release's `torch.sort` does not define the order of ties).
 
 from __future__ import annotations
 
+from surgray.model.memory_types import MemorySelection, SpatialMemory
 from surgray.tracking.memory.base import register_policy
 from surgray.tracking.memory.config import PrunePolicyConfig
 from surgray.tracking.memory.recent import RecentPolicy
 from surgray.tracking.memory.similarity import similarity
-from surgray.tracking.memory.types import MemorySelection, SpatialMemory
 
 
 def prune_most_similar(spatial: list[SpatialMemory], max_spatial: int) -> list[SpatialMemory]:

@@ -34,15 +34,15 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from surgray.tracking.memory.base import MemoryPolicy, register_policy
-from surgray.tracking.memory.config import RecentPolicyConfig
-from surgray.tracking.memory.types import (
+from surgray.model.memory_types import (
     MemoryEntry,
     MemorySelection,
     PointerMemory,
     SpatialMemory,
     temporal_index_for,
 )
+from surgray.tracking.memory.base import MemoryPolicy, register_policy
+from surgray.tracking.memory.config import RecentPolicyConfig
 
 
 def has_features(entry: MemoryEntry) -> bool:

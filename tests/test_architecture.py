@@ -1,0 +1,113 @@
+"""The house rules that keep the package readable, checked on every file so they stay true.
+
+Floors: each top-level part of `surgray` sits on a floor and imports only from lower floors
+(or from itself). A new part must be given a floor here before it can be imported by anyone,
+which is the point: where it sits is a decision, not an accident.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "surgray"
+
+# part of surgray (subpackage or top-level module) -> floor; lower floors know nothing above them
+FLOORS: dict[str, int] = {
+    "errors": 0,
+    "config": 1,
+    "io": 2,
+    "model": 2,
+    "data": 3,
+    "eval": 3,
+    "tracking": 3,
+    "train": 4,
+    "demo_inputs": 4,
+    "annotate": 5,
+    "serving": 6,
+    "demo": 7,
+    "cli": 8,
+}
+
+
+def _part_of(path: Path) -> str:
+    relative = path.relative_to(PACKAGE)
+    return relative.parts[0].removesuffix(".py")
+
+
+def _imported_parts(path: Path) -> list[tuple[int, str]]:
+    """(line, part of surgray) of every absolute `surgray.*` import in the file, at any depth
+    (imports inside functions count: they are dependencies too, only later)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "surgray" and len(parts) > 1:
+                found.append((node.lineno, parts[1]))
+    return found
+
+
+def _python_files() -> list[Path]:
+    return sorted(
+        p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE
+    )
+
+
+def test_every_part_has_a_floor():
+    parts = {_part_of(path) for path in _python_files()}
+    assert parts - set(FLOORS) == set(), "give each new part of surgray a floor in FLOORS"
+
+
+def test_imports_only_go_down_the_floors():
+    upward = []
+    for path in _python_files():
+        source = _part_of(path)
+        for line, target in _imported_parts(path):
+            if target != source and FLOORS.get(target, 99) >= FLOORS.get(source, -1):
+                upward.append(f"{path.relative_to(PACKAGE.parent)}:{line} {source} -> {target}")
+    assert upward == [], "imports that run up the floors:\n" + "\n".join(upward)
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+    """The rule is only as good as its parser: a planted upward import must be caught."""
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f():\n    from surgray.tracking.tracker import Tracker\n")
+    assert _imported_parts(planted) == [(2, "tracking")]
+
+
+def test_public_api_is_listed_and_lazy():
+    """`import surgray` loads no torch and no Ray; every public name resolves."""
+    code = (
+        "import sys, surgray\n"
+        "assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'eager import'\n"
+        "missing = [n for n in surgray.__all__ if getattr(surgray, n, None) is None]\n"
+        "assert not missing, missing\n"
+        "print(len(surgray.__all__))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip()) >= 10
+
+
+def test_public_api_names_one_table():
+    import surgray
+
+    assert sorted(surgray.__all__) == sorted(surgray._EXPORTS)
+
+
+def test_unknown_public_name_is_an_attribute_error():
+    import surgray
+
+    with pytest.raises(AttributeError, match="no_such_name"):
+        surgray.no_such_name  # noqa: B018
