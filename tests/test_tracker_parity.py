@@ -1,8 +1,12 @@
 """The streaming tracker and its SAM2-style facade against Meta's reference video predictor.
 
 Both sides get the same random weights (micro config, `tests/sam2_reference.py`), the same
-preprocessed frames and the same prompts, and both keep memories in bf16. The reference
-runs `add_new_*` / `propagate_in_video` as a user would; ours streams the frames through
+non-square (48x80) JPEG folder and the same prompts, and both keep memories in bf16. Each side
+reads the folder with its own loader and resizes the frames its own way to the model's square
+input: the reference's `init_state` (PIL bicubic on 8-bit pixels), ours `surgray.io`'s
+`VideoReader` and the tracker's `resize="bicubic_uint8"` (the `VideoPredictor` facade's
+default), so a difference in frame preprocessing cannot hide. The reference runs
+`add_new_*` / `propagate_in_video` as a user would; ours streams the frames through
 `Tracker.step` (or the `VideoPredictor` facade). Compared on every frame and object: logits
 at the video's resolution within 1e-2, binarized masks equal on >= 99.9% of pixels.
 
@@ -25,7 +29,7 @@ import torch
 from PIL import Image
 from sam2_reference import build_reference, randomize_
 
-from surgray.model.preprocess import to_model_input
+from surgray.io.video import VideoReader
 from surgray.model.sam2 import SAM2Model
 from surgray.model.variants import micro_config
 from surgray.tracking.predictor import VideoPredictor
@@ -33,6 +37,7 @@ from surgray.tracking.tracker import Tracker
 
 NUM_FRAMES = 16
 SIZE = 64  # model input
+HEIGHT, WIDTH = 48, 80  # frames: non-square and of another size than the model's input
 SEED = 3  # weights under which both objects are present on most frames
 LOGIT_TOL = 1e-2
 MIN_AGREEMENT = 0.999
@@ -97,13 +102,26 @@ def write_jpegs(folder, frames: list[np.ndarray]) -> None:
 
 
 def reference_state(ref, folder, frames: list[np.ndarray]):
-    """The reference's state over a JPEG folder, its images replaced by our preprocessing."""
+    """The reference's state over a JPEG folder of `frames`, read by its own loader, and the
+    frames as surgray's own reader decodes the same folder."""
     write_jpegs(folder, frames)
     with torch.inference_mode():
         state = ref.init_state(str(folder))
-    state["images"] = to_model_input(frames, SIZE)
-    state["cached_features"] = {}
-    return state
+    with VideoReader(str(folder)) as reader:
+        decoded = [frame.image for frame in reader]
+    assert decoded[0].shape == (*frames[0].shape[:2], 3)
+    return state, decoded
+
+
+def video_tracker(model: SAM2Model) -> Tracker:
+    """Our tracker, resizing frames as the reference's video predictor does."""
+    return Tracker(
+        model,
+        {"name": "recent"},
+        keep_logits=True,
+        postprocess={"fill_hole_area": 0},
+        resize="bicubic_uint8",
+    )
 
 
 class Comparison:
@@ -144,10 +162,9 @@ def run_reference(gen) -> list:
 
 def test_forward_mask_correction_and_late_box(weights, tmp_path):
     _, ref, ours = weights
-    height, width = 48, 80
-    frames = draw_frames(height, width)
-    rs = reference_state(ref, tmp_path / "frames", frames)
-    tracker = Tracker(ours, {"name": "recent"}, keep_logits=True, postprocess={"fill_hole_area": 0})
+    height, width = HEIGHT, WIDTH
+    rs, frames = reference_state(ref, tmp_path / "frames", draw_frames(height, width))
+    tracker = video_tracker(ours)
     state = tracker.start("fwd", (height, width), num_frames=NUM_FRAMES)
     cmp = Comparison()
 
@@ -181,10 +198,9 @@ def test_forward_mask_correction_and_late_box(weights, tmp_path):
 
 def test_reverse_click_correction_and_late_box(weights, tmp_path):
     _, ref, ours = weights
-    height, width = 48, 80
-    frames = draw_frames(height, width)
-    rs = reference_state(ref, tmp_path / "frames", frames)
-    tracker = Tracker(ours, {"name": "recent"}, keep_logits=True, postprocess={"fill_hole_area": 0})
+    height, width = HEIGHT, WIDTH
+    rs, frames = reference_state(ref, tmp_path / "frames", draw_frames(height, width))
+    tracker = video_tracker(ours)
     state = tracker.start("rev", (height, width), num_frames=NUM_FRAMES)
     cmp = Comparison()
 
@@ -221,16 +237,17 @@ def test_reverse_click_correction_and_late_box(weights, tmp_path):
 
 
 def test_facade_matches_reference_predictor(weights, tmp_path, monkeypatch):
-    """Square frames of the model's size: both predictors read the same JPEG folder."""
+    """Non-square frames: both predictors read the same JPEG folder with their own loaders
+    (the facade's default resize is the reference video predictor's)."""
     _, ref, ours = weights
     folder = tmp_path / "frames"
-    write_jpegs(folder, draw_frames(SIZE, SIZE))
+    write_jpegs(folder, draw_frames(HEIGHT, WIDTH))
     with torch.inference_mode():
         rs = ref.init_state(str(folder))
     float32_memories(ref, monkeypatch)
     predictor = VideoPredictor(ours, postprocess={"fill_hole_area": 0})
     ps = predictor.init_state(str(folder))
-    assert (ps.num_frames, ps.video_height, ps.video_width) == (NUM_FRAMES, SIZE, SIZE)
+    assert (ps.num_frames, ps.video_height, ps.video_width) == (NUM_FRAMES, HEIGHT, WIDTH)
     cmp = Comparison()
 
     def prompt(tag, obj_id, call):
@@ -266,3 +283,27 @@ def test_facade_matches_reference_predictor(weights, tmp_path, monkeypatch):
     assert cmp.area("correct", 5, 1) != cmp.area("pass1", 5, 1), "the click changed nothing"
     assert cmp.area("pass3", 3, 2) > 0, "object 2 is not tracked before its box"
     assert set(ps.masks) == set(range(NUM_FRAMES)) and ps.rle_bytes() > 0
+
+
+def test_bicubic_uint8_is_the_reference_video_loaders_input(tmp_path):
+    """The facade's resize gives the reference loader's model input on a non-square JPEG;
+    the image predictor's bilinear resize does not (so the parity above can tell them apart)."""
+    from sam2.utils.misc import _load_img_as_tensor
+
+    from surgray.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
+    from surgray.tracking.inputs import model_input
+
+    write_jpegs(tmp_path, draw_frames(HEIGHT, WIDTH)[:1])
+    path = tmp_path / "00000.jpg"
+    pixels, height, width = _load_img_as_tensor(str(path), SIZE)
+    assert (height, width) == (HEIGHT, WIDTH)
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    expected = (pixels.float() - mean) / std
+    with VideoReader(str(tmp_path)) as reader:
+        frame = next(iter(reader)).image
+    cfg = micro_config(SIZE)
+    bicubic = model_input(frame, cfg, torch.device("cpu"), "bicubic_uint8")[0]
+    bilinear = model_input(frame, cfg, torch.device("cpu"), "bilinear_antialias")[0]
+    assert (bicubic - expected).abs().max() < 1e-5
+    assert (bilinear - expected).abs().max() > 0.05  # over 3 grey levels somewhere

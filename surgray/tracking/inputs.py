@@ -90,17 +90,49 @@ def policy_for_model(
     return cfg
 
 
+# How frames reach the model's square input. Meta's SAM2VideoPredictor loads JPEG folders with
+# PIL's bicubic resize on 8-bit pixels; its SAM2ImagePredictor (and our training) resize float
+# pixels bilinearly with antialiasing. On 320x240 frames the two inputs differ by up to 12 grey
+# levels, enough to flip thousands of mask pixels at 512 px, so each entry point names its choice.
+RESIZE_MODES = ("bilinear_antialias", "bicubic_uint8")
+
+
+def check_resize(value: Any) -> str:
+    if value not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {value!r}")
+    return value
+
+
+def resize_bicubic_uint8(image: np.ndarray, size: int) -> np.ndarray:
+    """HxWx3 uint8 -> size x size x 3 uint8 with PIL's bicubic filter (the video predictor's
+    JPEG loader: PIL's default `resize` filter, rounded back to 8 bits)."""
+    from PIL import Image
+
+    if image.shape[:2] == (size, size):
+        return image
+    resized = Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(resized)
+
+
+def model_input(
+    image: np.ndarray, cfg: Any, device: torch.device, resize: str = "bilinear_antialias"
+) -> torch.Tensor:
+    """One frame as the model's normalised [1, 3, S, S] input, resized the `resize` way."""
+    if resize == "bicubic_uint8":
+        image = resize_bicubic_uint8(image, cfg.image_size)
+    return to_model_input(image, cfg.image_size, cfg.image_mean, cfg.image_std, device)
+
+
 def encode_frames(
     model: SAM2Model,
     encode: Callable[[torch.Tensor], BackboneOutput],
     images: list[np.ndarray],
     device: torch.device,
+    resize: str = "bilinear_antialias",
 ) -> list[FrameFeatures]:
     """Features of K frames (any sizes) from ONE image-encoder pass."""
     cfg = model.cfg
-    batch = torch.cat(
-        [to_model_input(im, cfg.image_size, cfg.image_mean, cfg.image_std, device) for im in images]
-    )
+    batch = torch.cat([model_input(im, cfg, device, resize) for im in images])
     backbone = encode(batch)
     features = [model.frame_features(backbone, k) for k in range(len(images))]
     if len(images) > 1:

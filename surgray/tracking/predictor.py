@@ -26,6 +26,12 @@ Where it differs from the reference, on purpose:
 - Otherwise a default propagation starts at the earliest prompted frame, as in the reference.
 - `remove_object` returns no re-rendered frames; `offload_*` and `async_loading_frames` are
   accepted and ignored (nothing is preloaded).
+
+Frames reach the model's square input the way the reference's video predictor loads a JPEG
+folder: PIL bicubic on 8-bit pixels (`resize="bicubic_uint8"`, the default here). Surgray's
+`Tracker`, the annotate job and Serve default to `"bilinear_antialias"` (the reference's
+image predictor and our training); pass `resize=` to choose. On non-square frames the two
+differ by up to 12 grey levels at the input and flip mask pixels at the borders.
 """
 
 from __future__ import annotations
@@ -93,9 +99,12 @@ class VideoPredictor:
         policy_cfg: Any = None,
         *,
         reverse_chunk: int = 32,
+        resize: str = "bicubic_uint8",
         **tracker_options: Any,
     ) -> None:
-        self.tracker = Tracker(model, policy_cfg, keep_logits=True, **tracker_options)
+        self.tracker = Tracker(
+            model, policy_cfg, keep_logits=True, resize=resize, **tracker_options
+        )
         self.reverse_chunk = reverse_chunk
 
     # ------------------------------------------------------------------ state

@@ -50,6 +50,7 @@ from surgray.tracking.inputs import (
     check_frame,
     check_frame_idx,
     check_index,
+    check_resize,
     encode_frames,
     next_frame_index,
     policy_for_model,
@@ -57,6 +58,7 @@ from surgray.tracking.inputs import (
 from surgray.tracking.memory.base import build_policy
 from surgray.tracking.memory.config import MemoryPolicyConfig
 from surgray.tracking.postprocess import PostprocessConfig
+from surgray.tracking.precision import apply_precision, resolve_precision
 from surgray.tracking.prompts import (
     check_box,
     check_mask,
@@ -80,6 +82,10 @@ class Tracker:
 
     policy_cfg: memory policy (`{"name": "recent" | "prune" | "dlm" | "divemem", ...}`).
     autocast_dtype: "auto" is bf16 on CUDA and off on CPU; "bf16", "fp16", a dtype, or None.
+    precision: "fp32" | "bf16" | "fp16" | "int8" | "fast" (`surgray.tracking.precision`);
+        when given it decides the autocast dtype and may run an int8 copy of the model.
+    resize: how frames reach the model's input size, "bilinear_antialias" (the image
+        predictor's and training's way) or "bicubic_uint8" (Meta's video predictor's way).
     compile: wrap the encoder and the per-frame step in `torch.compile` (off by default).
     offload_memory_to_cpu: keep memories in host memory (moved to the device when read).
     correction_is_conditioning: SAM2's `add_all_frames_to_correct_as_cond`.
@@ -98,9 +104,17 @@ class Tracker:
         offload_memory_to_cpu: bool = False,
         correction_is_conditioning: bool = False,
         keep_logits: bool = False,
+        precision: str | None = None,
+        resize: str = "bilinear_antialias",
     ) -> None:
         self.device = torch.device(device) if device is not None else model.device
         self.model = model.to(self.device).eval()
+        self.resize = check_resize(resize)
+        self.precision = None
+        if precision is not None:
+            self.precision = resolve_precision(precision, self.device)
+            self.model = apply_precision(self.model, self.precision)
+            autocast_dtype = self.precision.autocast_dtype
         self.policy_cfg = policy_for_model(policy_cfg, self.model)
         if isinstance(postprocess, dict):
             postprocess = PostprocessConfig(**postprocess)
@@ -293,7 +307,9 @@ class Tracker:
         if frame is not None:
             image = check_frame(state, frame)
             with self._inference():
-                features = encode_frames(self.model, self._encode, [image], self.device)[0]
+                features = encode_frames(
+                    self.model, self._encode, [image], self.device, self.resize
+                )[0]
             state.cached = CachedFrame(frame_idx, features)
             return features
         if state.cached is not None and state.cached.frame_idx == frame_idx:
@@ -322,7 +338,7 @@ class Tracker:
         if not states:
             return []
         with self._inference():
-            features = encode_frames(self.model, self._encode, images, self.device)
+            features = encode_frames(self.model, self._encode, images, self.device, self.resize)
             return [
                 self._advance(state, index, feats)
                 for state, index, feats in zip(states, indices, features)

@@ -1,0 +1,112 @@
+"""Numeric precision of a tracker: exact fp32, or a faster mode with measured fidelity.
+
+    plan = resolve_precision("fast", device)     # what "fast" means on this device
+    model = apply_precision(model, plan)         # int8 linear layers where the plan says so
+    Tracker(model, ..., precision="fast")        # the same, done by the tracker
+
+Names (the `precision` field of the tracker, `model.precision` of the annotate job and Serve):
+
+- `fp32`: exact; the outputs equal the reference's (benchmarks/README.md section 1).
+- `bf16`: autocast to bfloat16 (CUDA, or CPUs with AVX512-BF16/AMX; elsewhere it is emulated
+  and slow). `fp16`: autocast to float16, CUDA only.
+- `int8`: int8 weights for the Hiera trunk's and memory attention's linear layers
+  (`surgray.model.quantize`), activations quantized per call; CPU only.
+- `fast`: the default fast mode: bf16 on CUDA; on CPU the option that benchmarks/README.md
+  section 6 measured within 0.5 J&F points and 99% pixel agreement of fp32 (`int8`), or fp32
+  where this torch has no quantized CPU engine.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger("surgray")
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "fast")
+_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
+
+
+class PrecisionError(ValueError):
+    """A precision name that does not exist, or cannot run on the chosen device."""
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """What a precision name does on one device."""
+
+    name: str  # the name asked for ("fast" stays "fast")
+    autocast_dtype: torch.dtype | None
+    int8_linears: bool = False
+
+    @property
+    def exact(self) -> bool:
+        return self.autocast_dtype is None and not self.int8_linears
+
+
+def normalize_precision(value: str) -> str:
+    name = _ALIASES.get(str(value).strip().lower(), str(value).strip().lower())
+    if name not in PRECISIONS:
+        raise PrecisionError(f"precision {value!r}: use one of {', '.join(PRECISIONS)}")
+    return name
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX); Linux /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(value: str, device: torch.device | str) -> PrecisionPlan:
+    """The plan for precision `value` on `device`, or a PrecisionError naming the problem."""
+    from surgray.model.quantize import int8_supported
+
+    name = normalize_precision(value)
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    if name == "fp32":
+        return PrecisionPlan(name, None)
+    if name == "bf16":
+        return PrecisionPlan(name, torch.bfloat16)
+    if name == "fp16":
+        if not cuda:
+            raise PrecisionError(
+                "precision fp16 needs a CUDA device; use fp32, int8 or bf16 on CPU"
+            )
+        return PrecisionPlan(name, torch.float16)
+    if name == "int8":
+        if cuda:
+            raise PrecisionError("precision int8 runs on CPU only; use bf16 (or fast) on CUDA")
+        if not int8_supported():
+            raise PrecisionError("precision int8: this torch build has no quantized CPU engine")
+        return PrecisionPlan(name, None, int8_linears=True)
+    # fast
+    if cuda:
+        return PrecisionPlan(name, torch.bfloat16)
+    if int8_supported():
+        return PrecisionPlan(name, None, int8_linears=True)
+    logger.warning("precision fast: no quantized CPU engine in this torch; running fp32")
+    return PrecisionPlan(name, None)
+
+
+def apply_precision(model: torch.nn.Module, plan: PrecisionPlan) -> torch.nn.Module:
+    """The model to run under `plan`: the same object when nothing changes, else a copy with
+    int8 linear layers (the caller's float model is left as it was)."""
+    if not plan.int8_linears:
+        return model
+    from surgray.model.quantize import quantize_linears
+
+    quantized = copy.deepcopy(model).eval()
+    replaced = quantize_linears(quantized)
+    logger.info("precision %s: %d linear layers with int8 weights", plan.name, len(replaced))
+    return quantized
