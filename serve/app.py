@@ -1,6 +1,7 @@
 """The Ray Serve application: one ingress deployment of tracker replicas, sessions pinned.
 
     serve run serve.app:app insecure=true                  # local demo, shipped demo checkpoint
+    serve run serve.app:app insecure=true port=8123        # listen elsewhere (host= too)
     serve run serve.app:app config=my_serve_config.yaml    # or a plain ServeConfig YAML
     serve deploy configs/serve.yaml                        # Ray's config file; args below
 
@@ -11,7 +12,8 @@ config file, or `key=value` pairs after `serve run`). The args are `ServeConfig`
   CPUs are fine, and give small machines room for Serve's own actors);
 - flat shortcuts for the command line: `config=<yaml>` (base config), `insecure=true`
   (no authentication: local demos only), `checkpoint=`, `variant=`, `image_size=`, `policy=`
-  (model fields), `num_cpus=` (replica CPUs).
+  (model fields), `host=`, `port=` (where Serve listens: `serve.http_start`), `num_cpus=`
+  (replica CPUs).
 Without a `model`, the shipped referring demo checkpoint is served (`checkpoint:
 demo:referring`: the micro network at 128 px with its own text tower, trained on synthetic
 clips), which takes masks, points, boxes and text expressions. Tokens and the session-id key
@@ -53,6 +55,7 @@ DEMO_MODEL: dict[str, Any] = {
 }
 DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 1}
 MODEL_SHORTCUTS = ("checkpoint", "variant", "image_size", "policy")
+HTTP_SHORTCUTS = ("host", "port")
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
@@ -86,10 +89,15 @@ def resolve_args(args: dict[str, Any] | None) -> tuple[ServeConfig, dict[str, An
         actor_options["num_cpus"] = float(rest.pop("num_cpus"))
     base: dict[str, Any] = {}
     if "config" in rest:
-        base = ServeConfig.from_yaml(rest.pop("config")).model_dump(mode="json")
+        # Only what the file sets, so a file without `http` leaves Serve's address alone.
+        loaded = ServeConfig.from_yaml(rest.pop("config"))
+        base = loaded.model_dump(mode="json", exclude_unset=True)
     insecure = rest.pop("insecure", None)
     shortcuts = {key: rest.pop(key) for key in MODEL_SHORTCUTS if key in rest}
+    http = {key: rest.pop(key) for key in HTTP_SHORTCUTS if key in rest}
     merged = _merge(base, rest)
+    if http:
+        merged["http"] = {**merged.get("http", {}), **http}
     model = merged.get("model")
     if model is None:
         model = dict(DEMO_MODEL)
@@ -201,6 +209,10 @@ def build_app_from_args(args: dict[str, Any]):
     """The Serve application for `args` (see the module docstring)."""
     config, actor_options = resolve_args(args)
     _check_auth_configured(config)
+    if "http" in config.model_fields_set:  # given by host=/port=, an http section or a file
+        from serve.http_start import ensure_serve_http
+
+        ensure_serve_http(config.http)
     threads = max(1, math.floor(float(actor_options.get("num_cpus", 1) or 1)))
     deployment = SegmentationServer.options(
         num_replicas=config.replicas,

@@ -176,6 +176,7 @@ def test_builder_defaults_to_the_shipped_demo_checkpoint_and_reads_serve_yaml():
     with pytest.raises(ServeConfigError, match=r"sesions: unknown key"):
         resolve_args({"sesions": {}})
     args = yaml.safe_load((REPO / "configs/serve.yaml").read_text())["applications"][0]["args"]
+    del args["http"]  # with it, building in this process would start Serve on its port
     application = build_app_from_args(args)
     deployment = application._bound_deployment
     assert deployment.num_replicas == args["replicas"]

@@ -1,7 +1,8 @@
 """The FastAPI app of the v1 API, built around a `SegmentationService`.
 
-Routes (all but /healthz need `Authorization: Bearer <token>`):
+Routes (all but /healthz and the API's description need `Authorization: Bearer <token>`):
   GET    /healthz                         liveness, no auth, no details
+  GET    /openapi.json, /docs, /redoc     the OpenAPI schema and its pages, no auth (openapi.py)
   GET    /v1/models                       the server-side model registry
   POST   /v1/sessions                     JSON CreateSessionRequest -> 201 SessionInfo
   GET    /v1/sessions/{id}                SessionInfo
@@ -36,6 +37,7 @@ from surgray.serving.errors import (
     install_error_handlers,
     validation_message,
 )
+from surgray.serving.openapi import DOCS_URL, OPENAPI_URL, REDOC_URL, install_openapi
 from surgray.serving.routing import REPLICA_HEADER, SESSION_ROUTING_HEADER
 from surgray.serving.schemas import (
     API_VERSION,
@@ -46,6 +48,11 @@ from surgray.serving.schemas import (
 from surgray.serving.service import SegmentationService
 
 M = TypeVar("M", bound=BaseModel)
+API_DESCRIPTION = (
+    "Online segmentation and tracking of surgical video (SAM2-family models). Every /v1 route "
+    "needs `Authorization: Bearer <token>`; errors are `ErrorBody` JSON: "
+    '`{"error": code, "message": text}`.'
+)
 SEGMENT_PATH = "/v1/segment"
 
 
@@ -109,9 +116,11 @@ def build_app(
         return JSONResponse(model.model_dump(mode="json"), status_code=status)
 
     app = FastAPI(
-        title="surgray", version=API_VERSION, docs_url=None, redoc_url=None, openapi_url=None
-    )
+        title="surgray", version=API_VERSION, description=API_DESCRIPTION,
+        docs_url=DOCS_URL, redoc_url=REDOC_URL, openapi_url=OPENAPI_URL,
+    )  # fmt: skip
     install_error_handlers(app)
+    install_openapi(app)  # the schema and its pages need no token; /v1 routes keep theirs
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
