@@ -9,7 +9,14 @@ import importlib
 import os
 import sys
 
-from surgray.errors import EXIT_INTERNAL, EXIT_USER, UserError, debug_requested, one_line
+from surgray.errors import (
+    EXIT_INTERNAL,
+    EXIT_USER,
+    OneLineArgumentParser,
+    UserError,
+    debug_requested,
+    one_line,
+)
 
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -53,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"surgray: unknown command {name!r} (see surgray --help)", file=sys.stderr)
         return EXIT_USER
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"surgray {name}", description=COMMANDS[name][1])
+    parser = OneLineArgumentParser(prog=f"surgray {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
     try:

@@ -14,19 +14,40 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from surgray.errors import one_line
+
+# A config is a few KiB; a bigger file is a mistake (a video, a checkpoint) and is not parsed.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
 
 def load_yaml_mapping(path: str | os.PathLike[str], error: type[Exception]) -> dict[str, Any]:
     """The top-level mapping of a YAML file, or `error` naming the file and the problem."""
     import yaml
 
     text_path = os.fspath(path)
+    if os.path.isdir(text_path):
+        raise error(f"{text_path}: is a folder; give the path of a YAML config file")
     try:
-        with open(text_path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+        with open(text_path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise error(f"{text_path}: config file not found") from None
+    except OSError as exc:
+        raise error(f"{text_path}: cannot read the config file ({exc.strerror or exc})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise error(f"{text_path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; not a config file")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{text_path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise error(f"{text_path}: not valid YAML: {exc}") from None
+        raise error(f"{text_path}: not valid YAML: {one_line(exc, 300)}") from None
+    except RecursionError:
+        raise error(f"{text_path}: not valid YAML: nested too deeply") from None
     return data
 
 

@@ -11,7 +11,10 @@ catch the precise kind; the CLI only needs to know that it is the user's to fix.
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
+from typing import NoReturn
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -31,3 +34,15 @@ def one_line(message: object, limit: int = 500) -> str:
     """`message` folded onto one line and cut to `limit` characters, for terminal output."""
     text = " ".join(str(message).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse with the error policy: a bad argument is one line on stderr and exit 2.
+
+    (argparse's own `error` prints the whole usage block first; the one line names the
+    problem and where the usage is.)
+    """
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USER)

@@ -13,6 +13,7 @@ import logging
 import sys
 
 from surgray.annotate.status import EXIT_INVALID_CONFIG, exit_code
+from surgray.errors import one_line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = AnnotateConfig.from_yaml(args.config)
     except ConfigError as exc:
-        print(f"surgray annotate: {exc}", file=sys.stderr)
+        print(f"surgray annotate: {one_line(exc)}", file=sys.stderr)
         return EXIT_INVALID_CONFIG
 
     from surgray.annotate.driver import prepare_job

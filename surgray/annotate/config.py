@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from surgray.config import describe_validation_error, load_yaml_mapping
+from surgray.errors import UserError
 
 # What a prefix listing takes as a video (compared case-insensitively: recorders write .MP4).
 DEFAULT_EXTENSIONS = (
@@ -46,7 +47,7 @@ _HOOK_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """The configuration is invalid; the message names each bad key."""
 
 

@@ -36,6 +36,7 @@ from surgray.annotate.outputs import OutputLayout, prepare_rerun, read_video_rec
 from surgray.annotate.provenance import canonical_json, sha256_text, video_provenance
 from surgray.annotate.session import CLICKS_COLUMN, FRAME_COUNT_COLUMN
 from surgray.annotate.status import EXIT_ALL_FAILED, EXIT_INVALID_CONFIG, EXIT_OK
+from surgray.errors import one_line
 
 
 class _Section(BaseModel):
@@ -78,16 +79,11 @@ class EvaluateConfig(_Section):
 
     @classmethod
     def from_yaml(cls, path: str) -> EvaluateConfig:
-        import yaml
+        from surgray.config import load_yaml_mapping
 
+        data = load_yaml_mapping(path, ConfigError)  # missing, folder, not UTF-8, not YAML
         try:
-            with open(path, encoding="utf-8") as handle:
-                data = yaml.safe_load(handle)
             return cls.model_validate(data)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         except ValidationError as exc:
             problems = "\n  ".join(
                 f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
@@ -277,13 +273,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = EvaluateConfig.from_yaml(args.config)
     except ConfigError as exc:
-        print(f"evaluate: {exc}", file=sys.stderr)
+        print(f"evaluate: {one_line(exc)}", file=sys.stderr)
         return EXIT_INVALID_CONFIG
     started = connect_ray(args.ray_address, num_cpus=args.num_cpus, temp_dir=args.ray_temp_dir)
     try:
         reports = run_evaluation(config)
     except (JobSetupError, ValueError, OSError) as exc:
-        print(f"evaluate: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"evaluate: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return EXIT_INVALID_CONFIG
     finally:
         if started:

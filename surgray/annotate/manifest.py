@@ -29,9 +29,11 @@ from surgray.annotate.config import AnnotateConfig
 from surgray.annotate.logsafe import SAFE_VIDEO_ID, log_uri, logger
 from surgray.annotate.prompts import PromptError, VideoPrompts, parse_objects, parse_texts
 from surgray.annotate.provenance import hash_video_id, load_salt
+from surgray.errors import UserError, one_line
 
 COLUMNS = ("video_uri", "video_id", "text", "prompts")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # a byte that was not UTF-8 (surrogateescape)
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class ManifestError:
         return f"{where}: {self.reason}"
 
 
-class ManifestInvalid(ValueError):
+class ManifestInvalid(UserError, ValueError):
     """Nothing to annotate: the manifest or prefix is unusable, or no row is valid."""
 
     def __init__(self, message: str, errors: tuple[ManifestError, ...] = ()):
@@ -124,41 +126,99 @@ def _check_columns(uri: str, names: list[str]) -> None:
         raise ManifestInvalid(f"{uri}: no video_uri column")
 
 
+def _undecodable(text: str) -> int | None:
+    """Offset of the first byte that was not UTF-8 (decoded with surrogateescape), or None."""
+    match = _ESCAPED_BYTE.search(text)
+    return None if match is None else match.start()
+
+
 def _rows(uri: str, payload: bytes) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """(row number, row dict or the reason it could not be read)."""
     kind = _format(uri)
     if kind == "csv":
-        reader = csv.DictReader(io.StringIO(payload.decode("utf-8-sig")))
-        _check_columns(uri, [n.strip() for n in reader.fieldnames or []])
-        for number, row in enumerate(reader, start=1):
-            if None in row:
-                yield number, "more cells than columns"
-                continue
-            yield number, {k.strip(): (v if v != "" else None) for k, v in row.items()}
+        yield from _csv_rows(uri, payload)
     elif kind == "jsonl":
-        for number, line in enumerate(payload.decode("utf-8-sig").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield number, f"bad JSON: {exc.msg} at char {exc.pos}"
-                continue
-            if not isinstance(row, dict):
-                yield number, f"expected a JSON object, got {type(row).__name__}"
-                continue
-            unknown = sorted(set(row) - set(COLUMNS))
-            yield number, (f"unknown key {unknown[0]!r}" if unknown else row)
+        yield from _jsonl_rows(payload)
     else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        yield from _parquet_rows(uri, payload)
 
+
+def _csv_rows(uri: str, payload: bytes) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    # Bytes that are not UTF-8 survive decoding as lone surrogates, so one bad row is reported
+    # as that row instead of failing the whole manifest (quoted cells may span lines).
+    text = payload.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        names = [n.strip() for n in reader.fieldnames or []]
+    except csv.Error as exc:
+        raise ManifestInvalid(f"{uri}: the CSV header cannot be read: {exc}") from None
+    if any(_undecodable(n) is not None for n in names):
+        raise ManifestInvalid(f"{uri}: the CSV header is not UTF-8 text; save the file as UTF-8")
+    _check_columns(uri, names)
+    number = 0
+    while True:
+        number += 1
         try:
-            table = pq.read_table(pa.BufferReader(payload))
-        except pa.ArrowInvalid as exc:
-            raise ManifestInvalid(f"{uri}: not a readable Parquet file: {exc}") from None
-        _check_columns(uri, table.column_names)
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield number, f"unreadable CSV: {exc}"
+            return  # the reader cannot resynchronise after a broken quote
+        if None in row:
+            yield number, "more cells than columns"
+            continue
+        bad = next((k for k, v in row.items() if v and _undecodable(v) is not None), None)
+        if bad is not None:
+            yield number, f"{bad.strip()}: not UTF-8 text; save the manifest as UTF-8"
+            continue
+        yield number, {k.strip(): (v if v != "" else None) for k, v in row.items()}
+
+
+def _jsonl_rows(payload: bytes) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    lines = payload.removeprefix(b"\xef\xbb\xbf").split(b"\n")
+    for number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield number, f"not UTF-8 text (byte {exc.start}); save the manifest as UTF-8"
+            continue
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, f"bad JSON: {exc.msg} at char {exc.pos}"
+            continue
+        except RecursionError:
+            yield number, "bad JSON: nested too deeply"
+            continue
+        if not isinstance(row, dict):
+            yield number, f"expected a JSON object, got {type(row).__name__}"
+            continue
+        unknown = sorted(set(row) - set(COLUMNS))
+        yield number, (f"unknown key {unknown[0][:40]!r}" if unknown else row)
+
+
+def _parquet_rows(uri: str, payload: bytes) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(pa.BufferReader(payload))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ManifestInvalid(f"{uri}: not a readable Parquet file: {one_line(exc, 200)}") from None
+    _check_columns(uri, table.column_names)
+    try:
         yield from enumerate(table.to_pylist(), start=1)
+        return
+    except UnicodeDecodeError:
+        pass  # Arrow keeps strings unvalidated; find the rows that are not UTF-8 one by one
+    for number in range(1, table.num_rows + 1):
+        try:
+            yield number, table.slice(number - 1, 1).to_pylist()[0]
+        except UnicodeDecodeError:
+            yield number, "not UTF-8 text; write the manifest's strings as UTF-8"
 
 
 def _resolve(video_uri: str, manifest_uri: str) -> str:
@@ -218,6 +278,16 @@ def _task(
     if given is not None and (not isinstance(given, str) or not given.strip()):
         raise PromptError(f"video_id must be a non-empty string, got {given!r}")
     prompts = VideoPrompts(parse_texts(row.get("text")), parse_objects(row.get("prompts")))
+    if prompts.texts and prompts.objects:
+        raise PromptError(
+            "text and prompts in one row: a video is tracked from text expressions or from "
+            "point/box/mask prompts, not both; give the video two rows in two manifests"
+        )
+    if global_texts and prompts.objects:
+        raise PromptError(
+            "prompts in a row while the config's prompts (text expressions) apply to every "
+            "video: a video is tracked from text or from point/box/mask prompts, not both"
+        )
     prompts = prompts.with_texts(global_texts)
     if prompts.empty:
         raise PromptError("no prompts: give text or prompts here, or prompts in the config")

@@ -19,10 +19,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from surgray.errors import UserError
+
 _OBJECT_KEYS = ("obj_id", "label", "frame", "points", "labels", "box", "mask_rle")
+MAX_MASK_SIDE = 16384  # a mask prompt larger than this on a side is refused (no video is)
 
 
-class PromptError(ValueError):
+class PromptError(UserError, ValueError):
     """A prompt cannot be used; the message says which one and why."""
 
 
@@ -226,7 +229,8 @@ def _parse_points(where: str, entry: dict[str, Any]) -> tuple[tuple, tuple[int, 
 
 
 def _parse_mask(where: str, raw: Any) -> MaskRle:
-    from surgray.io.masks import decode_rle
+    from surgray.io.errors import MaskFormatError
+    from surgray.io.rle_check import check_rle
 
     if not isinstance(raw, dict) or set(raw) != {"size", "counts"}:
         raise PromptError(f"{where}: mask_rle must be {{'size': [h, w], 'counts': ...}}")
@@ -243,11 +247,11 @@ def _parse_mask(where: str, raw: Any) -> MaskRle:
     elif not isinstance(counts, str):
         raise PromptError(f"{where}: mask_rle counts must be a string or a list of runs")
     rle = MaskRle((size[0], size[1]), counts)
-    try:
-        mask = decode_rle([rle.as_dict()])[0]
-    except Exception as exc:  # pycocotools and our codec raise several types on bad counts
+    try:  # checked from its runs: a row declaring a huge mask allocates nothing
+        _, area = check_rle(rle.as_dict(), max_side=MAX_MASK_SIDE, where="mask_rle")
+    except MaskFormatError as exc:
         raise PromptError(f"{where}: mask_rle does not decode: {exc}") from None
-    if not mask.any():
+    if area == 0:
         raise PromptError(f"{where}: mask_rle has no foreground pixels")
     return rle
 

@@ -35,6 +35,7 @@ from surgray.annotate.plan import WorkItem
 from surgray.annotate.prompts import ObjectPrompt
 from surgray.annotate.provenance import Provenance
 from surgray.annotate.rows import DEFAULT_STATE, ProvenanceSegmentWriter
+from surgray.errors import UserError
 from surgray.io.records import MaskRecord
 
 TEXT_PROMPTS_UNSUPPORTED = (
@@ -44,7 +45,7 @@ CLICKS_COLUMN = "eval_clicks_json"  # optional work-row column: simulated clicks
 FRAME_COUNT_COLUMN = "frame_count"  # optional work-row column: exact frame count, -1 unknown
 
 
-class TextPromptsUnsupported(NotImplementedError):
+class TextPromptsUnsupported(UserError, NotImplementedError):
     pass
 
 

@@ -10,12 +10,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from surgray.errors import UserError
 from surgray.io.storage import filesystem, is_local, local_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset file or folder is missing or malformed; the message names it."""
 
 

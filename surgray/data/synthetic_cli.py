@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import math
+import os
 
 from surgray.data.synthetic_plan import SyntheticClipConfig
 from surgray.data.synthetic_writers import LAYOUTS, make_synthetic_dataset
+from surgray.errors import UserError, one_line
+
+MAX_FPS = 1000.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +40,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--no-{event}", action="store_true", help=f"never draw {event}")
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse what would fail (or write nonsense) part-way, before anything is generated."""
+    if not math.isfinite(args.fps) or not 0 < args.fps <= MAX_FPS:
+        raise UserError(f"--fps must be a number in (0, {MAX_FPS:g}], got {args.fps:g}")
+    if not math.isfinite(args.valid_fraction) or not 0 <= args.valid_fraction <= 1:
+        raise UserError(f"--valid-fraction must be in [0, 1], got {args.valid_fraction:g}")
+    for name in ("num_videos", "frames", "height", "width"):
+        if getattr(args, name) < 1:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} must be >= 1, got {getattr(args, name)}")
+    if "://" not in args.out or args.out.startswith("file://"):
+        local = args.out.removeprefix("file://")
+        if os.path.exists(local) and not os.path.isdir(local):
+            raise UserError(f"{args.out} is an existing file; give a folder (new or existing)")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_arguments(args)
     try:
         config = SyntheticClipConfig(
             num_frames=args.frames,
@@ -58,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
             vary=not args.no_vary,
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError too
-        print(f"surgray synth: {exc}", file=sys.stderr)
-        return 2
+        raise UserError(one_line(exc)) from None
+    except (FileExistsError, NotADirectoryError, PermissionError, IsADirectoryError) as exc:
+        where = exc.filename or args.out
+        raise UserError(f"cannot write under {args.out}: {where}: {exc.strerror}") from None
     train, valid = len(dataset.split("train")), len(dataset.split("valid"))
     print(
         f"wrote {len(dataset.videos)} clips ({train} train, {valid} valid) as {args.layout} to {args.out}"
@@ -68,9 +91,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="surgray synth", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """`python -m surgray.data.synthetic_cli ...`: the same as `surgray synth ...`."""
+    import sys
+
+    from surgray.cli import main as surgray_main
+
+    return surgray_main(["synth", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

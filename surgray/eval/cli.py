@@ -7,9 +7,11 @@ Prints a table (scores in percent) and writes ``eval_results.csv`` and ``eval_re
 from __future__ import annotations
 
 import argparse
-import sys
+import math
+import os
 from pathlib import Path
 
+from surgray.errors import UserError, one_line
 from surgray.eval.evaluate import ENDOVIS18_ID_GROUPS, EvalOptions, IdGroup, evaluate
 from surgray.eval.metrics import DAVIS_BOUNDARY_THRESHOLD
 from surgray.eval.sources import open_predictions, video_inputs
@@ -74,7 +76,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--videos", nargs="+", help="evaluate only these videos")
 
 
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse an unusable --out-dir before the (possibly long) scoring, not after it."""
+    for parent in (out_dir, *out_dir.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                what = "--out-dir" if parent == out_dir else f"--out-dir's parent {parent}"
+                raise UserError(f"{what} is an existing file, not a folder; give a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"--out-dir: cannot write in {parent} (permission denied)")
+            return
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_out_dir(args.out_dir)
+    if not math.isfinite(args.boundary_threshold) or args.boundary_threshold <= 0:
+        raise UserError(f"--boundary-threshold must be > 0, got {args.boundary_threshold:g}")
     groups = tuple(args.id_group)
     if args.endovis18_groups:
         groups += ENDOVIS18_ID_GROUPS
@@ -88,14 +105,17 @@ def run(args: argparse.Namespace) -> int:
         predictions = open_predictions(args.pred)
         videos = video_inputs(args.gt, predictions, missing=args.missing, videos=args.videos)
         report = evaluate(videos, options)
-    except ValueError as error:
-        print(f"surgray eval: error: {error}", file=sys.stderr)
-        return 2
+    except ValueError as error:  # EvalInputError, MaskFormatError, bad options
+        raise UserError(one_line(error)) from None
     print(report.to_table())
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = args.out_dir / "eval_results.csv"
     json_path = args.out_dir / "eval_results.json"
-    report.to_csv(csv_path)
-    report.to_json(json_path)
+    try:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        report.to_csv(csv_path)
+        report.to_json(json_path)
+    except OSError as exc:  # the checks above leave only races and full disks
+        where = exc.filename or args.out_dir
+        raise UserError(f"--out-dir: cannot write {where}: {exc.strerror}") from None
     print(f"\nwrote {csv_path} and {json_path}")
     return 0

@@ -18,13 +18,14 @@ from typing import Literal
 
 import numpy as np
 
+from surgray.errors import UserError
 from surgray.eval.evaluate import Prediction, VideoInput
 
 MissingPolicy = Literal["error", "empty"]
 PARQUET_COLUMNS = ("video_id", "frame_idx", "obj_id", "rle_counts", "rle_size")
 
 
-class EvalInputError(ValueError):
+class EvalInputError(UserError, ValueError):
     """Ground truth or predictions are missing, malformed or do not match."""
 
 

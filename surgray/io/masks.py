@@ -16,7 +16,11 @@ import numpy as np
 
 from surgray.io.encode import write_png
 from surgray.io.errors import MaskFormatError
+from surgray.io.rle_check import MaskTooLarge, check_rle, rle_size
 from surgray.io.storage import filesystem, is_local, local_path
+
+# A mask of more pixels is refused before decoding (16384 x 16384; 4K video is 8.3 M pixels).
+MAX_DECODE_PIXELS = 1 << 28
 
 
 class Rle(TypedDict):
@@ -56,22 +60,11 @@ def _to_coco(rles: Sequence[Any]) -> list[dict[str, Any]]:
 
     coco: list[dict[str, Any]] = []
     for position, rle in enumerate(rles):
-        if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
-            raise MaskFormatError(
-                f"RLE {position} must be a dict with 'size' and 'counts', got {rle!r:.80}"
-            )
-        size = [int(v) for v in rle["size"]]
-        if len(size) != 2 or min(size) < 0:
-            raise MaskFormatError(
-                f"RLE {position} size must be [height, width], got {rle['size']!r}"
-            )
+        size = list(rle_size(rle, f"RLE {position}"))
         counts = rle["counts"]
-        if isinstance(counts, list):
-            if sum(counts) != size[0] * size[1]:
-                raise MaskFormatError(
-                    f"RLE {position}: runs sum to {sum(counts)}, size {size} needs {size[0] * size[1]}"
-                )
-            coco.append(coco_mask.frPyObjects([{"size": size, "counts": counts}], *size)[0])
+        if isinstance(counts, (list, tuple)):
+            check_rle(rle, where=f"RLE {position}")  # negative or short runs, before pycocotools
+            coco.append(coco_mask.frPyObjects([{"size": size, "counts": list(counts)}], *size)[0])
         elif isinstance(counts, (str, bytes)):
             raw = counts.encode("ascii") if isinstance(counts, str) else counts
             coco.append({"size": size, "counts": raw})
@@ -82,10 +75,27 @@ def _to_coco(rles: Sequence[Any]) -> list[dict[str, Any]]:
     return coco
 
 
-def decode_rle(rles: Sequence[Any], size: tuple[int, int] | None = None) -> np.ndarray:
-    """[N, H, W] bool masks; all RLEs must share one size (`size` is needed when N = 0)."""
+def decode_rle(
+    rles: Sequence[Any],
+    size: tuple[int, int] | None = None,
+    *,
+    max_side: int | None = None,
+    max_pixels: int = MAX_DECODE_PIXELS,
+) -> np.ndarray:
+    """[N, H, W] bool masks; all RLEs must share one size (`size` is needed when N = 0).
+
+    Every RLE is checked before anything is allocated (`rle_check`): each side at most
+    `max_side`, height x width at most `max_pixels` per mask, runs covering exactly that area.
+    """
     from pycocotools import mask as coco_mask
 
+    for position, rle in enumerate(rles):
+        (height, width), _ = check_rle(rle, max_side=max_side, where=f"RLE {position}")
+        if height * width > max_pixels:
+            raise MaskTooLarge(
+                f"RLE {position} declares {width}x{height} = {height * width} pixels; at most "
+                f"{max_pixels} per mask"
+            )
     coco = _to_coco(rles)
     if not coco:
         if size is None:

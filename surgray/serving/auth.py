@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from surgray.errors import UserError
 from surgray.serving.config import AuthConfig
 from surgray.serving.errors import Unauthorized
 
@@ -30,7 +31,7 @@ class AuthError(Unauthorized):
         super().__init__(message, code=code, headers=_CHALLENGE)
 
 
-class AuthConfigError(RuntimeError):
+class AuthConfigError(UserError, RuntimeError):
     """Authentication is not configured (or badly); the service must not start."""
 
 

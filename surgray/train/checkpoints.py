@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from surgray.errors import UserError
 from surgray.model.checkpoint import build_model, load_checkpoint, read_state_dict, save_checkpoint
 from surgray.model.config import ModelConfig
 from surgray.model.sam2 import SAM2Model
@@ -34,7 +35,7 @@ STATE_FILE = "training_state.pt"
 METRICS_FILE = "metrics.json"
 
 
-class ResumeError(RuntimeError):
+class ResumeError(UserError, RuntimeError):
     """A checkpoint to resume from is missing or incomplete."""
 
 

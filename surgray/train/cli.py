@@ -67,17 +67,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(path: str, overrides: list[str]):
-    import yaml
-
+    from surgray.config import load_yaml_mapping
     from surgray.train.config import TrainConfig, TrainConfigError, parse_train_config
 
     if not overrides:
         return TrainConfig.from_yaml(path)
-    try:
-        with open(path) as handle:
-            data = yaml.safe_load(handle) or {}
-    except FileNotFoundError:
-        raise TrainConfigError(f"{path}: config file not found") from None
+    data = load_yaml_mapping(path, TrainConfigError) or {}
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     return parse_train_config(apply_overrides(data, overrides), source=path)
 
 
@@ -132,6 +129,7 @@ def evaluate_checkpoint(args: argparse.Namespace, config) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from surgray.data.files import DatasetError
+    from surgray.errors import one_line
     from surgray.train.config import TrainConfigError
     from surgray.train.preflight import PreflightError, preflight
 
@@ -145,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
             return evaluate_checkpoint(args, config)
         report = preflight(config)
     except (TrainConfigError, PreflightError, DatasetError, ValueError) as exc:
-        print(f"surgray train: {exc}", file=sys.stderr)
+        print(f"surgray train: {one_line(exc)}", file=sys.stderr)
         return 2
     print(
         f"surgray train: checks passed ({report.train_videos} training videos, "

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from surgray.config import describe_validation_error
+from surgray.errors import UserError
 from surgray.model.referring import ReferringConfig
 from surgray.train.losses import LossConfig
 from surgray.train.optim import OptimConfig
@@ -34,7 +35,7 @@ from surgray.train.prompts import PromptSimConfig
 SourceKind = Literal["synthetic", "sasv", "ref_endovis", "davis"]
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(UserError, ValueError):
     """A training config that cannot run; the message names the offending keys."""
 
 
@@ -263,15 +264,9 @@ class TrainConfig(_Section):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        import yaml
+        from surgray.config import load_yaml_mapping
 
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise TrainConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            raise TrainConfigError(f"{path}: not valid YAML: {exc}") from exc
+        data = load_yaml_mapping(path, TrainConfigError)
         return parse_train_config(data or {}, source=str(path))
 
     def to_yaml(self) -> str:

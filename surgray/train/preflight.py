@@ -15,10 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from surgray.errors import UserError
 from surgray.train.config import TrainConfig
 
 
-class PreflightError(ValueError):
+class PreflightError(UserError, ValueError):
     """The run cannot start; the message lists every problem found."""
 
 
