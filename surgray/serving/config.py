@@ -105,7 +105,9 @@ class AuthConfig(_Section):
 
 
 class HttpConfig(_Section):
-    """Where to listen. Under `serve deploy`, Ray's `http_options` decide; keep them equal."""
+    """Where Serve's HTTP proxy listens. `serve run serve.app:app host=.. port=..` (or an `http`
+    section) starts Serve there (`serve/http_start.py`); in a Ray Serve config file the top-level
+    `http_options` decide, and `from_yaml` refuses an `args.http` that differs from them."""
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -151,11 +153,31 @@ class ServeConfig(_Section):
         text_path = os.fspath(path)
         data = load_yaml_mapping(text_path, ServeConfigError)
         if isinstance(data, dict) and "applications" in data:
+            args = serve_app_args(data, app_name=app_name, source=text_path)
             return cls.from_args(
-                serve_app_args(data, app_name=app_name, source=text_path),
+                _with_ray_http_options(args, data.get("http_options"), text_path),
                 source=f"{text_path} (application args)",
             )
         return cls.from_args(data, source=text_path)
+
+
+def _with_ray_http_options(args: dict[str, Any], options: Any, source: str) -> dict[str, Any]:
+    """`args` whose `http` is the file's `http_options` (what Serve listens on): an `args.http`
+    that says otherwise is refused, so the file can not claim one port and listen on another."""
+    if not isinstance(options, dict) or not ({"host", "port"} & set(options)):
+        return args
+    ray_http = {key: options[key] for key in ("host", "port") if key in options}
+    given = args.get("http")
+    if isinstance(given, dict):
+        clash = {k: (given[k], v) for k, v in ray_http.items() if k in given and given[k] != v}
+        if clash:
+            said = ", ".join(f"args.http.{k} is {a!r} but http_options.{k} is {b!r}"
+                             for k, (a, b) in clash.items())  # fmt: skip
+            raise ServeConfigError(
+                f"{source}: {said}; Serve listens where http_options say, keep them equal"
+            )
+        ray_http = {**given, **ray_http}
+    return {**args, "http": ray_http}
 
 
 def serve_app_args(
