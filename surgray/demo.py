@@ -8,8 +8,10 @@
          each object from its expression, then tracks it);
    mask  the manifest row prompts every object visible on the first frame with its
          ground-truth mask (the semi-supervised protocol of SurgSAM2).
-3. Scores each run against the ground truth (J, F, J&F; a text object is scored against the
-   object its expression was written for) and prints where the masks and exports are.
+3. Scores each run against the ground truth (J, F, J&F over all frames, first and last
+   included: ReSurgSAM2's protocol, not SurgSAM2's skip-first-and-last) and prints where the
+   masks and exports are, and the `surgray eval` command that gives the same scores. Each
+   expression carries the ground-truth id of its object, so every output uses those ids.
 
 Weights: `--checkpoint`, else the shipped referring checkpoint (`assets/demo/referring.pt`:
 text and masks), else the shipped mask-only one (`assets/demo/model.pt`; the text run is then
@@ -30,8 +32,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from surgray.errors import UserError, one_line
+
 PROMPT_CHOICES = ("both", "text", "mask")
 EXIT_FAILED, EXIT_UNUSABLE = 1, 2
+MIN_FRAMES, MIN_SIZE, MAX_SIZE = 2, 32, 4096  # the synthetic generator's bounds (and sanity)
+
+
+class DemoArgumentError(UserError):
+    """An argument of `surgray demo` cannot be used; the message names it."""
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse unusable arguments before any work (one line, exit 2 from the CLI)."""
+    if args.frames < MIN_FRAMES:
+        raise DemoArgumentError(
+            f"--frames {args.frames}: the clip needs at least {MIN_FRAMES} frames"
+        )
+    if not MIN_SIZE <= args.size <= MAX_SIZE:
+        raise DemoArgumentError(
+            f"--size {args.size}: give a frame side between {MIN_SIZE} and {MAX_SIZE} pixels"
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,8 +134,8 @@ def _config(args: argparse.Namespace, weights: Any, manifest: Path, prefix: Path
     )
 
 
-def _prompts(args: argparse.Namespace, weights: Any) -> list[str] | None:
-    """The runs to make, in order; None when the asked-for run is impossible."""
+def _prompts(args: argparse.Namespace, weights: Any) -> list[str]:
+    """The runs to make, in order; `DemoArgumentError` when the asked-for run is impossible."""
     wanted = ["text", "mask"] if args.prompt == "both" else [args.prompt]
     if "text" in wanted and not weights.takes_text:
         reason = (
@@ -122,8 +143,7 @@ def _prompts(args: argparse.Namespace, weights: Any) -> list[str] | None:
             "with an embedded CLIP text tower or a text encoder folder)"
         )
         if args.prompt == "text":
-            print(f"surgray demo: --prompt text needs text prompts, but {reason}", file=sys.stderr)
-            return None
+            raise DemoArgumentError(f"--prompt text needs text prompts, but {reason}")
         _say(f"NOTE: the TEXT RUN IS SKIPPED: {reason}. Only the mask run follows.")
         wanted.remove("text")
     return wanted
@@ -152,7 +172,7 @@ def _run_jobs(jobs: list[tuple[str, Path, Any]]) -> list[RunResult]:
 
 
 def _annotate(args: argparse.Namespace, weights: Any, clip: Any, prompts: list[str]) -> list:
-    from surgray.demo_inputs import score_run, write_manifest
+    from surgray.demo_inputs import PROTOCOL_NAME, SCORES_FILE, score_run, write_manifest
 
     jobs = []
     for prompt in prompts:
@@ -163,16 +183,16 @@ def _annotate(args: argparse.Namespace, weights: Any, clip: Any, prompts: list[s
     for result in _run_jobs(jobs):
         report = None
         if not result.outcome.summary.failed:
-            expressions = clip.expressions if result.prompt == "text" else None
-            report = score_run(clip.ground_truth, result.prefix / "masks", expressions)
-            _say(f"{result.prompt} run, scored against the ground truth:")
+            report = score_run(clip.ground_truth, result.prefix / "masks")
+            report.to_json(result.prefix / SCORES_FILE)  # what `surgray eval` writes, to compare
+            _say(f"{result.prompt} run, scored against the ground truth ({PROTOCOL_NAME}):")
             print(report.to_table(), flush=True)
         scored.append(RunResult(result.prompt, result.prefix, result.outcome, report))
     return scored
 
 
 def _summary(result: RunResult, clip: Any) -> list[str]:
-    from surgray.demo_inputs import VIDEO_ID
+    from surgray.demo_inputs import VIDEO_ID, eval_command
 
     if result.prompt == "text":
         prompted = "; ".join(f"{text!r} (obj {obj})" for text, obj in clip.expressions.items())
@@ -184,7 +204,8 @@ def _summary(result: RunResult, clip: Any) -> list[str]:
         s = result.report.overall
         head = (
             f"{result.prompt} run: J&F {100 * s.jf:.1f} (J {100 * s.j:.1f}, F {100 * s.f:.1f}) "
-            f"over {s.objects} objects, {s.frames} frames"
+            f"over {s.objects} objects, {s.frames} frames (all frames scored, first and last "
+            "included)"
         )
     exports = result.prefix / "exports"
     return [
@@ -193,24 +214,24 @@ def _summary(result: RunResult, clip: Any) -> list[str]:
         f"  masks (Parquet, RLE): {result.prefix / 'masks'}",
         f"  overlay video: {exports / 'overlay_mp4' / f'{VIDEO_ID}.mp4'}",
         f"  DAVIS PNGs: {exports / 'davis' / VIDEO_ID}",
+        f"  the same scores: {eval_command(clip.ground_truth, result.prefix / 'masks')}",
     ]
 
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from surgray.demo_inputs import choose_weights, write_clip
+    from surgray.model.checkpoint import CheckpointError
 
     started = time.monotonic()
+    check_arguments(args)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         weights = choose_weights(args.out, args.checkpoint)
-    except (OSError, ValueError) as exc:
-        print(f"surgray demo: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
+    except (OSError, ValueError, CheckpointError) as exc:
+        raise DemoArgumentError(str(exc)) from exc
     prompts = _prompts(args, weights)
-    if prompts is None:
-        return EXIT_UNUSABLE
     if not weights.trained:
         _say(
             "NOTE: no demo checkpoint is shipped; this run uses a RANDOM-WEIGHT micro model, so "
@@ -240,7 +261,11 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="surgray demo", description=__doc__.split("\n")[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except UserError as exc:  # as the `surgray` command reports it: one line, exit 2
+        print(f"surgray demo: {one_line(exc)}", file=sys.stderr)
+        return EXIT_UNUSABLE
 
 
 if __name__ == "__main__":

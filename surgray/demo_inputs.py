@@ -5,9 +5,10 @@
 * `write_manifest`: the one-row manifest of a run, prompted by masks or by expressions (the
   job refuses text mixed with masks in one video, so the two are separate runs).
 * `choose_weights`: which checkpoint runs, and whether it can take text.
-* `score_run`: J, F, J&F of a run's Parquet masks against the ground truth. A text run names
-  its objects 1..N in expression order with the expression as label, so its ids are mapped
-  back to the ground-truth ids the expressions were written for.
+* `score_run`: J, F, J&F of a run's Parquet masks against the ground truth, under
+  `DEMO_PROTOCOL`. The text run's manifest gives each expression the ground-truth id of the
+  object it was written for (`{"text": ..., "obj_id": N}`), so both runs write the ground
+  truth's ids, and `surgray eval` with `EVAL_FLAGS` scores their outputs exactly as the demo.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ REFERRING_CHECKPOINT = DEMO_ASSETS / "referring.pt"
 MASK_CHECKPOINT = DEMO_ASSETS / "model.pt"
 VIDEO_ID = "synthetic-case-0"
 DEFAULT_IMAGE_SIZE = 128  # the shipped checkpoints' input size
+# ReSurgSAM2's protocol: every frame is scored, the first and last included (SurgSAM2 skips
+# them); the EndoVis18 instrument / tissue groups as extra rows.
+PROTOCOL_NAME = "J&F over all frames, first and last included (ReSurgSAM2's protocol)"
+EVAL_FLAGS = ("--no-skip-first-last", "--endovis18-groups")  # the same, for `surgray eval`
+SCORES_FILE = "demo_scores.json"  # a run's report, in `surgray eval`'s eval_results.json form
 
 
 @dataclass(frozen=True)
@@ -96,8 +102,8 @@ def write_clip(out: Path, frames: int, size: int, seed: int) -> DemoClip:
 
 def write_manifest(path: Path, clip: DemoClip, prompt: str) -> Path:
     row: dict[str, Any] = {"video_uri": str(clip.video), "video_id": VIDEO_ID}
-    if prompt == "text":
-        row["text"] = list(clip.expressions)
+    if prompt == "text":  # each expression asks for its ground-truth object's id
+        row["text"] = [{"text": text, "obj_id": obj} for text, obj in clip.expressions.items()]
     else:
         row["prompts"] = {"objects": list(clip.mask_objects)}
     path.write_text(json.dumps(row) + "\n")
@@ -159,44 +165,22 @@ def choose_weights(out: Path, given: Path | None) -> DemoWeights:
     return describe_checkpoint(str(path), "RANDOM-WEIGHT micro SAM2", trained=False)
 
 
-class _RenumberedPredictions:
-    """Predictions whose object ids are replaced by `ids` (ids not in it are dropped)."""
+def demo_protocol() -> Any:
+    """The `EvalOptions` the demo scores with (see `PROTOCOL_NAME`, `EVAL_FLAGS`)."""
+    from surgray.eval.evaluate import RESURGSAM2_PROTOCOL
 
-    def __init__(self, inner: Any, ids: dict[int, int]):
-        self.inner, self.ids = inner, ids
-        self.location = inner.location
-
-    def videos(self) -> set[str]:
-        return self.inner.videos()
-
-    def load(self, video: str, frame: str, shape: tuple[int, int]) -> Any:
-        masks = self.inner.load(video, frame, shape)
-        if masks is None:
-            return None
-        return {self.ids[k]: v for k, v in masks.items() if k in self.ids}
-
-    def describe(self, video: str, frame: str) -> str:
-        return self.inner.describe(video, frame)
+    return RESURGSAM2_PROTOCOL
 
 
-def text_object_ids(masks: Path, expressions: dict[str, int]) -> dict[int, int]:
-    """Predicted obj_id -> ground-truth obj_id, through each row's label (its expression)."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(masks, columns=["obj_id", "label"], partitioning=None)
-    pairs = set(zip(table.column("obj_id").to_pylist(), table.column("label").to_pylist()))
-    unknown = sorted(label for _, label in pairs if label not in expressions)
-    if unknown:
-        raise ValueError(f"{masks}: rows labelled {unknown}, which are not the demo's expressions")
-    return {int(obj_id): expressions[label] for obj_id, label in pairs}
+def eval_command(ground_truth: Path, masks: Path) -> str:
+    """The `surgray eval` command that reproduces the demo's scores of one run."""
+    return " ".join(("surgray eval --gt", str(ground_truth), "--pred", str(masks), *EVAL_FLAGS))
 
 
-def score_run(ground_truth: Path, masks: Path, expressions: dict[str, int] | None = None) -> Any:
-    """The `EvaluationReport` of one run (ReSurgSAM2's protocol: every frame counts)."""
-    from surgray.eval.evaluate import RESURGSAM2_PROTOCOL, evaluate
+def score_run(ground_truth: Path, masks: Path) -> Any:
+    """The `EvaluationReport` of one run under the demo's protocol (its ids are the ground
+    truth's: the manifest gave them)."""
+    from surgray.eval.evaluate import evaluate
     from surgray.eval.sources import open_predictions, video_inputs
 
-    predictions = open_predictions(masks)
-    if expressions is not None:
-        predictions = _RenumberedPredictions(predictions, text_object_ids(masks, expressions))
-    return evaluate(video_inputs(ground_truth, predictions), RESURGSAM2_PROTOCOL)
+    return evaluate(video_inputs(ground_truth, open_predictions(masks)), demo_protocol())

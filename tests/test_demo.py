@@ -13,15 +13,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from pycocotools import mask as coco_mask
 
 from surgray.demo import main as demo_main
-from surgray.demo_inputs import score_run
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = 12
@@ -86,7 +83,9 @@ def test_demo_runs_the_job_with_text_and_with_masks(referring_checkpoint, ray_cl
     )  # fmt: skip
     categories = json.loads((out / "ground_truth/Meta/synthetic-case-0.json").read_text())
     categories = set(categories["info"]["category"].values())
-    texts = json.loads((out / "manifest_text.jsonl").read_text())["text"]
+    text_prompts = json.loads((out / "manifest_text.jsonl").read_text())["text"]
+    texts = [t["text"] for t in text_prompts]
+    gt_ids = {t["text"]: t["obj_id"] for t in text_prompts}  # each expression's object
     masked = json.loads((out / "manifest_mask.jsonl").read_text())["prompts"]["objects"]
     assert len(texts) == len(categories) == 3 and masked
     # Each expression names its object's category first ("clip applier is idle").
@@ -108,9 +107,33 @@ def test_demo_runs_the_job_with_text_and_with_masks(referring_checkpoint, ray_cl
         assert f"[demo]   masks (Parquet, RLE): {out / run / 'masks'}" in done.stdout
     text_rows = _rows(out / "text" / "masks")
     assert {r["label"] for r in text_rows} == set(texts)
+    # One id everywhere: the ground truth's id of each expression's object, in the Parquet...
+    assert {(r["label"], r["obj_id"]) for r in text_rows} == set(gt_ids.items())
+    # ... the DAVIS PNGs ...
+    png = np.asarray(Image.open(out / "text/exports/davis/synthetic-case-0/00000.png"))
+    assert set(np.unique(png)) - {0} <= set(gt_ids.values())
+    # ... and the printed summary.
+    for text, obj_id in gt_ids.items():
+        assert f"{text!r} (obj {obj_id})" in done.stdout
+    assert "J&F over all frames, first and last included" in done.stdout
     assert {r["state"] for r in text_rows} <= {"searching", "tracking", "lost"}
     mask_rows = _rows(out / "mask" / "masks")
     assert {r["obj_id"] for r in mask_rows} == {o["obj_id"] for o in masked}
+    # `surgray eval` on the demo's outputs, with the command the demo prints, gives its scores.
+    for run in ("text", "mask"):
+        command = re.search(rf"the same scores: (surgray eval .*{run}/masks.*)$", done.stdout, re.M)
+        assert command is not None, done.stdout
+        words = command.group(1).split()[1:] + ["--out-dir", str(tmp_path / f"eval_{run}")]
+        evaluated = subprocess.run(
+            [sys.executable, "-m", "surgray.cli", *words], cwd=REPO, capture_output=True,
+            text=True, timeout=120,
+        )  # fmt: skip
+        assert evaluated.returncode == 0, evaluated.stderr
+        ours = json.loads((out / run / "demo_scores.json").read_text())
+        theirs = json.loads((tmp_path / f"eval_{run}" / "eval_results.json").read_text())
+        assert theirs == ours
+        jf = re.search(rf"^\[demo\] {run} run: J&F (\d+\.\d)", done.stdout, re.M).group(1)
+        assert f"{100 * theirs['overall']['jf']:.1f}" == jf
 
 
 @pytest.mark.ray
@@ -148,33 +171,25 @@ def test_text_only_without_text_tower_is_refused_before_any_work(tmp_path, capsy
     assert "no surgray metadata naming the model variant" in capsys.readouterr().err
 
 
-def _rle(mask: np.ndarray) -> tuple[str, list[int]]:
-    encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return encoded["counts"].decode(), [int(v) for v in encoded["size"]]
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--frames", "0"], "--frames 0: the clip needs at least 2 frames"),
+        (["--size", "8"], "--size 8: give a frame side between 32 and 4096 pixels"),
+        (["--checkpoint", "RANDOM"], "not a readable PyTorch checkpoint"),
+    ],
+)
+def test_unusable_arguments_exit_2_with_one_line(tmp_path, capsys, args, message):
+    from surgray.cli import main as surgray_main
 
-
-def test_text_objects_are_scored_against_the_object_their_expression_names(tmp_path):
-    """Ground truth (16x16, 2 frames): obj 1 a square top left, obj 11 one bottom right. The
-    text run named its objects 1 = "kidney" (predicted: the bottom-right square) and
-    2 = "grasper" (the top-left one): scored through the expressions every mask is exact,
-    J = F = 1; scored by the job's own ids, obj 1 is predicted far from where it is and obj 11
-    not at all, J = F = 0."""
-    labels = np.zeros((16, 16), np.uint8)
-    labels[1:5, 1:5], labels[10:15, 10:15] = 1, 11
-    folder = tmp_path / "gt/Annotations/case"
-    folder.mkdir(parents=True)
-    rows = []
-    for frame in range(2):
-        Image.fromarray(labels, mode="L").save(folder / f"{frame:05d}.png")
-        for obj_id, label, gt_id in ((1, "kidney", 11), (2, "grasper", 1)):
-            counts, size = _rle(labels == gt_id)
-            rows.append(dict(video_id="case", frame_idx=frame, obj_id=obj_id, label=label,
-                             rle_counts=counts, rle_size=size))  # fmt: skip
-    (tmp_path / "pred").mkdir()
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pred/part.parquet")
-    report = score_run(tmp_path / "gt", tmp_path / "pred", {"grasper": 1, "kidney": 11})
-    assert (report.overall.objects, report.overall.j, report.overall.f) == (2, 1.0, 1.0)
-    unmapped = score_run(tmp_path / "gt", tmp_path / "pred")  # ids as the job wrote them
-    assert (unmapped.overall.j, unmapped.overall.f) == (0.0, 0.0)
-    with pytest.raises(ValueError, match=r"rows labelled \['kidney'\]"):
-        score_run(tmp_path / "gt", tmp_path / "pred", {"grasper": 1})
+    if "RANDOM" in args:
+        garbage = tmp_path / "garbage.pt"
+        garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+        args = [str(garbage) if a == "RANDOM" else a for a in args]
+    code = surgray_main(["demo", "--out", str(tmp_path / "o"), *args])
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("surgray demo: ") and message in lines[0]
+    assert "Traceback" not in captured.err and "annotating" not in captured.out
+    assert not (tmp_path / "o" / "videos").exists()

@@ -223,8 +223,9 @@ def test_overlay_video_has_frames_colours_and_no_metadata(tmp_path, records, sou
     assert not {"title", "comment", "creation_time", "encoder"} & set(tags)
     payload = out.read_bytes()
     assert b"Jane Doe" not in payload and b"MRN" not in payload
-    # Inside object 1 (DAVIS colour 128,0,0) at alpha 0.5 over grey 100: (114, 50, 50).
-    inside = frames[0][14, 12].astype(int)
+    # Inside object 1 (DAVIS colour 128,0,0) at alpha 0.5 over grey 100: (114, 50, 50), below
+    # its label (which sits inside the frame, over the object's top rows here).
+    inside = frames[0][18, 12].astype(int)
     assert np.abs(inside - [114, 50, 50]).max() <= 12, inside
     # Outside every mask the grey is untouched.
     assert np.abs(frames[0][40, 60].astype(int) - 100).max() <= 6

@@ -4,7 +4,8 @@ A manifest is CSV, JSONL or Parquet with the columns
   video_uri  (required) local path or object-store URI; relative paths are read next to the
              manifest
   video_id   (optional) a name for the outputs; hashed when privacy hashing is on
-  text       (optional) text expressions: a list, a JSON list or a `;`-separated string
+  text       (optional) text expressions: a list, a JSON list or a `;`-separated string;
+             a list item `{"text": ..., "obj_id": N}` gives that object its id in the outputs
   prompts    (optional) object prompts in the JSON form of `surgray.annotate.prompts`
 The job-wide `prompts` of the config are added to every video's text expressions.
 
@@ -27,7 +28,7 @@ from typing import Any
 
 from surgray.annotate.config import AnnotateConfig
 from surgray.annotate.logsafe import SAFE_VIDEO_ID, log_uri, logger
-from surgray.annotate.prompts import PromptError, VideoPrompts, parse_objects, parse_texts
+from surgray.annotate.prompts import PromptError, VideoPrompts
 from surgray.annotate.provenance import hash_video_id, load_salt
 from surgray.errors import UserError, one_line
 
@@ -277,7 +278,7 @@ def _task(
         given = str(given)  # numeric case numbers in a Parquet column
     if given is not None and (not isinstance(given, str) or not given.strip()):
         raise PromptError(f"video_id must be a non-empty string, got {given!r}")
-    prompts = VideoPrompts(parse_texts(row.get("text")), parse_objects(row.get("prompts")))
+    prompts = VideoPrompts.from_cells(row.get("text"), row.get("prompts"))
     if prompts.texts and prompts.objects:
         raise PromptError(
             "text and prompts in one row: a video is tracked from text expressions or from "

@@ -7,6 +7,11 @@ The JSON form of object prompts (a manifest's `prompts` cell):
         {"obj_id": 2, "frame": 5, "box": [x0, y0, x1, y1]},
         {"obj_id": 3, "frame": 0, "mask_rle": {"size": [h, w], "counts": "..."}}]}
 
+Text expressions (a manifest's `text` cell) are strings, or `{"text": ..., "obj_id": N}` to give
+the object its id: that id is the object's id in the Parquet rows, the PNG exports and the
+evaluation (so ground truth written with the same ids scores directly). Expressions without an
+id get the smallest ids from 1 up that no expression of the video names.
+
 `labels` are 1 (foreground click) or 0 (background click) and default to all 1. Points and a
 box may be combined in one entry (as SAM2 allows); a mask stands alone. Coordinates are pixels
 of the source frame. Parsing raises `PromptError` with a reason fit for a row report.
@@ -77,6 +82,34 @@ class ObjectPrompt:
 class VideoPrompts:
     texts: tuple[str, ...] = ()
     objects: tuple[ObjectPrompt, ...] = ()
+    # The obj_id each text asked for (None: assigned), one per text; () when none asked.
+    text_ids: tuple[int | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.text_ids and len(self.text_ids) != len(self.texts):
+            raise PromptError(f"{len(self.text_ids)} text obj_ids for {len(self.texts)} texts")
+        given = [i for i in self.text_ids if i is not None]
+        if len(given) != len(set(given)):
+            raise PromptError(f"text: obj_id values must be unique, got {given}")
+
+    @classmethod
+    def from_cells(cls, text: Any, objects: Any = None) -> VideoPrompts:
+        """A manifest row's `text` and `prompts` cells, parsed."""
+        texts, ids = parse_text_prompts(text)
+        return cls(texts, parse_objects(objects), ids if any(i is not None for i in ids) else ())
+
+    def text_objects(self) -> list[tuple[int, str]]:
+        """(obj_id, expression) of every text: the id it names, else the next free id >= 1."""
+        given = {i for i in self.text_ids if i is not None}
+        ids = self.text_ids or (None,) * len(self.texts)
+        out, free = [], 1
+        for obj_id, text in zip(ids, self.texts):
+            if obj_id is None:
+                while free in given:
+                    free += 1
+                obj_id, free = free, free + 1
+            out.append((obj_id, text))
+        return out
 
     @property
     def empty(self) -> bool:
@@ -87,12 +120,19 @@ class VideoPrompts:
         return bool(self.texts) and not self.objects
 
     def with_texts(self, first: tuple[str, ...]) -> VideoPrompts:
-        """These prompts with `first` (the job-wide expressions) ahead of their own, deduplicated."""
-        return VideoPrompts(tuple(dict.fromkeys((*first, *self.texts))), self.objects)
+        """These prompts with `first` (the job-wide expressions) ahead of their own, deduplicated
+        (a text keeps the obj_id the video's own prompts give it)."""
+        own = dict(zip(self.texts, self.text_ids or (None,) * len(self.texts)))
+        texts = tuple(dict.fromkeys((*first, *self.texts)))
+        ids = tuple(own.get(text) for text in texts) if self.text_ids else ()
+        return VideoPrompts(texts, self.objects, ids)
 
     def as_dict(self) -> dict[str, Any]:
         ordered = sorted(self.objects, key=lambda o: (o.obj_id, o.frame))
-        return {"texts": list(self.texts), "objects": [o.as_dict() for o in ordered]}
+        out = {"texts": list(self.texts), "objects": [o.as_dict() for o in ordered]}
+        if self.text_ids:  # only when asked for, so earlier runs' prompt hashes stay the same
+            out["text_ids"] = list(self.text_ids)
+        return out
 
     def to_json(self) -> str:
         """Canonical JSON: the same prompts always give the same text (it is hashed)."""
@@ -101,13 +141,45 @@ class VideoPrompts:
     @classmethod
     def from_json(cls, text: str) -> VideoPrompts:
         data = json.loads(text)
-        return cls(parse_texts(data.get("texts")), parse_objects({"objects": data["objects"]}))
+        return cls(
+            parse_texts(data.get("texts")),
+            parse_objects({"objects": data["objects"]}),
+            tuple(data.get("text_ids") or ()),
+        )
 
 
 def parse_texts(value: Any) -> tuple[str, ...]:
     """Text expressions from a list, a JSON list, or a `;`-separated string; None gives ()."""
+    return parse_text_prompts(value)[0]
+
+
+def _text_item(index: int, item: Any) -> tuple[str, int | None]:
+    obj_id = None
+    if isinstance(item, dict):
+        unknown = sorted(set(item) - {"text", "obj_id"})
+        if unknown or "text" not in item:
+            raise PromptError(
+                f'text: expression {index} must be a string or {{"text": ..., "obj_id": N}}, '
+                f"got keys {sorted(item)}"
+            )
+        obj_id, item = item.get("obj_id"), item["text"]
+        if obj_id is not None and (not _whole(obj_id) or obj_id < 1):
+            raise PromptError(
+                f"text: expression {index}: obj_id must be an integer >= 1, got {obj_id!r}"
+            )
+        obj_id = None if obj_id is None else int(obj_id)
+    if not isinstance(item, str):
+        raise PromptError(f"text: expression {index} is not a string: {item!r:.40}")
+    if not item.strip():
+        raise PromptError(f"text: expression {index} is empty")
+    return item.strip(), obj_id
+
+
+def parse_text_prompts(value: Any) -> tuple[tuple[str, ...], tuple[int | None, ...]]:
+    """(expressions, the obj_id each asks for or None) from a list (of strings or
+    `{"text", "obj_id"}` objects), a JSON list, or a `;`-separated string; None gives ()."""
     if value is None:
-        return ()
+        return (), ()
     if isinstance(value, str):
         stripped = value.strip()
         if stripped.startswith("["):
@@ -121,14 +193,14 @@ def parse_texts(value: Any) -> tuple[str, ...]:
         raise PromptError(
             f"text: expected a list or a ';'-separated string, got {type(value).__name__}"
         )
-    texts = []
+    chosen: dict[str, int | None] = {}  # first occurrence of an expression wins
     for index, item in enumerate(value):
-        if not isinstance(item, str):
-            raise PromptError(f"text: expression {index} is not a string: {item!r:.40}")
-        if not item.strip():
-            raise PromptError(f"text: expression {index} is empty")
-        texts.append(item.strip())
-    return tuple(dict.fromkeys(texts))
+        text, obj_id = _text_item(index, item)
+        chosen.setdefault(text, obj_id)
+    given = [i for i in chosen.values() if i is not None]
+    if len(given) != len(set(given)):
+        raise PromptError(f"text: obj_id values must be unique, got {given}")
+    return tuple(chosen), tuple(chosen.values())
 
 
 def parse_objects(value: Any) -> tuple[ObjectPrompt, ...]:

@@ -127,7 +127,7 @@ class VideoRun:
             if prompts.objects:
                 raise ValueError("text prompts cannot be mixed with point, box or mask prompts")
             self.ctx.text_ready()
-            for obj_id, text in enumerate(prompts.texts, start=1):
+            for obj_id, text in prompts.text_objects():  # the ids the user gave, else 1, 2, ...
                 self._texts[obj_id] = text
                 self._objects[obj_id] = text
         for obj in prompts.objects:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from surgray.io.encode import WrittenVideo, write_png, write_video
 from surgray.io.errors import MaskFormatError
+from surgray.io.label_layout import Box, place_labels
 from surgray.io.masks import davis_palette
 from surgray.io.records import MaskRecord, by_frame, by_video
 from surgray.io.video_types import Frame
@@ -34,24 +36,95 @@ def _fit_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
 
 
-def _put_text(canvas: np.ndarray, text: str, x: int, y: int, scale: float) -> None:
+FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX (cv2 is imported lazily)
+MIN_FONT_SCALE = 0.35
+
+
+@dataclass(frozen=True)
+class TextStyle:
+    """How a label is drawn: Hershey text at `scale` with stroke `thickness`, `pad` pixels of
+    dark box around it. One thickness for all text, no outline: an outline drawn thicker than
+    the glyphs spreads right of them and makes "0.834" read "0.8334"."""
+
+    scale: float
+    thickness: int
+    pad: int
+
+    @classmethod
+    def for_frame(cls, height: int, width: int) -> TextStyle:
+        scale = max(MIN_FONT_SCALE, min(height, width) / 600)
+        return cls(scale, max(1, round(scale * 1.5)), max(2, round(3 * scale)))
+
+    def measure(self, text: str) -> tuple[int, int, int]:
+        """(width, height, baseline) of the label box around `text`, padding included."""
+        import cv2
+
+        (w, h), baseline = cv2.getTextSize(text, FONT, self.scale, self.thickness)
+        return w + 2 * self.pad, h + baseline + 2 * self.pad, baseline
+
+
+def fit_text(text: str, style: TextStyle, max_width: int) -> str:
+    """`text`, shortened with ".." at its end until its box is at most `max_width` wide."""
+    if style.measure(text)[0] <= max_width:
+        return text
+    for keep in range(len(text) - 1, 0, -1):
+        short = text[:keep].rstrip() + ".."
+        if style.measure(short)[0] <= max_width:
+            return short
+    return ""
+
+
+def draw_label(canvas: np.ndarray, box: Box, text: str, style: TextStyle, colour) -> None:
+    """A dark box with a stripe of the object's colour on its left and `text` in white."""
     import cv2
 
-    thickness = max(1, round(scale * 2))
-    origin = (max(0, x), max(int(14 * scale), y))
+    x0, y0, x1, y1 = box.x, box.y, box.right - 1, box.bottom - 1
+    region = canvas[y0 : y1 + 1, x0 : x1 + 1]
+    region[:] = (region.astype(np.float32) * 0.25).astype(np.uint8)  # 75% dark, still see-through
+    stripe = max(1, style.pad // 2)
+    canvas[y0 : y1 + 1, x0 : x0 + stripe] = colour
+    _, _, baseline = style.measure(text)
+    origin = (x0 + style.pad, y1 - style.pad - baseline + 1)
     cv2.putText(
-        canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA
+        canvas, text, origin, FONT, style.scale, (255, 255, 255), style.thickness, cv2.LINE_AA
     )
-    cv2.putText(
-        canvas,
-        text,
-        origin,
-        cv2.FONT_HERSHEY_SIMPLEX,
-        scale,
-        (255, 255, 255),
-        thickness,
-        cv2.LINE_AA,
-    )
+
+
+def _put_text(canvas: np.ndarray, text: str, x: int, y: int, scale: float) -> None:
+    """A caption in a box at (x, y) (its top-left corner), kept inside `canvas`."""
+    style = TextStyle(scale, 1, 2)
+    height, width = canvas.shape[:2]
+    text = fit_text(text, style, width)
+    if not text:
+        return
+    w, h, _ = style.measure(text)
+    box = Box(min(max(0, x), width - w), min(max(0, y), max(0, height - h)), w, min(h, height))
+    draw_label(canvas, box, text, style, (255, 255, 255))
+
+
+def label_boxes(
+    records: Sequence[MaskRecord], masks: Sequence[np.ndarray], height: int, width: int
+) -> list[tuple[Box, str, int]]:
+    """(box, text, obj_id) of every label to draw: inside the frame, none overlapping."""
+    style = TextStyle.for_frame(height, width)
+    texts, sizes, anchors, ids = [], [], [], []
+    for record, mask in zip(records, masks):
+        rows = np.flatnonzero(mask.any(axis=1))
+        if rows.size == 0:
+            continue
+        cols = np.flatnonzero(mask.any(axis=0))
+        label = f"{record.label} {record.score:.2f}" if record.label else f"{record.score:.2f}"
+        text = fit_text(f"{record.obj_id}: {label}", style, width)
+        if not text:
+            continue
+        w, h, _ = style.measure(text)
+        texts.append(text)
+        sizes.append((w, h))
+        anchors.append(Box(int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1),
+                           int(rows[-1] - rows[0] + 1)))  # fmt: skip
+        ids.append(record.obj_id)
+    boxes = place_labels(sizes, anchors, height, width)
+    return [(b, t, i) for b, t, i in zip(boxes, texts, ids) if b is not None]
 
 
 def draw_overlay(
@@ -62,7 +135,8 @@ def draw_overlay(
     show_labels: bool = True,
 ) -> np.ndarray:
     """A copy of `image` (HxWx3 uint8 RGB) with each record's mask blended in its colour,
-    outlined, and labelled "label score" at its box corner."""
+    outlined, and labelled "obj_id: label score" near its top-left corner (inside the frame,
+    labels never overlapping: `surgray.io.label_layout`)."""
     import cv2
 
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -78,20 +152,18 @@ def draw_overlay(
         colour = np.array(object_colour(record.obj_id), np.float32)
         canvas[mask] = (1.0 - alpha) * canvas[mask] + alpha * colour
     out = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
-    scale = max(0.35, min(height, width) / 600)
+    style = TextStyle.for_frame(height, width)
     for record, mask in zip(records, masks):
         if not mask.any():
             continue
         contours, _ = cv2.findContours(
             mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
         )
-        cv2.drawContours(out, contours, -1, object_colour(record.obj_id), max(1, round(scale * 2)))
-        if show_labels:
-            rows = np.flatnonzero(mask.any(axis=1))
-            cols = np.flatnonzero(mask.any(axis=0))
-            _put_text(
-                out, f"{record.label} {record.score:.2f}", int(cols[0]), int(rows[0]) - 4, scale
-            )
+        cv2.drawContours(out, contours, -1, object_colour(record.obj_id), style.thickness)
+    if show_labels:
+        # Labels last, so no outline crosses a label.
+        for box, text, obj_id in label_boxes(records, masks, height, width):
+            draw_label(out, box, text, style, object_colour(obj_id))
     return out
 
 
@@ -151,7 +223,7 @@ def contact_sheet(
     sheet = np.zeros((rows * tile_height, used_columns * tile_width, 3), np.uint8)
     for n, (tile, caption) in enumerate(zip(tiles, captions)):
         scaled = cv2.resize(tile, (tile_width, tile_height), interpolation=cv2.INTER_AREA)
-        _put_text(scaled, caption, 4, 16, 0.45)
+        _put_text(scaled, caption, 2, 2, 0.45)
         top, left = (n // columns) * tile_height, (n % columns) * tile_width
         sheet[top : top + tile_height, left : left + tile_width] = scaled
     return sheet
