@@ -23,9 +23,6 @@ from surgray.annotate.outputs import OutputLayout, SegmentResult
 from surgray.annotate.rows import results_table
 from surgray.annotate.session import RunContext, VideoRun
 
-_AUTOCAST = {"fp32": None, "float32": None, "bf16": "bfloat16", "bfloat16": "bfloat16",
-             "fp16": "float16", "float16": "float16"}  # fmt: skip
-
 
 def _torch_threads(config: AnnotateConfig) -> int:
     if config.actors.torch_threads is not None:
@@ -84,12 +81,6 @@ class SegmentAnnotator:
         torch.set_num_threads(_torch_threads(config))
         if device is None:
             device = "cuda" if config.actors.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        precision = config.model.precision.lower()
-        if precision not in _AUTOCAST:
-            raise ValueError(
-                f"model.precision {config.model.precision!r}: use one of {sorted(_AUTOCAST)}"
-            )
-        autocast = _AUTOCAST[precision]
         storage = config.storage_options()
         model = load_model(config, device, storage)
         self._text_encoder_loaded = False
@@ -97,7 +88,7 @@ class SegmentAnnotator:
             model,
             {"name": config.model.policy, **config.model.policy_options},
             postprocess=dict(postprocess or {}),
-            autocast_dtype=getattr(torch, autocast) if autocast else None,
+            precision=config.model.precision,  # surgray.tracking.precision: fp32, fast, ...
         )
         self.context = RunContext(
             tracker=tracker,

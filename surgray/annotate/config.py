@@ -124,7 +124,15 @@ class ModelSection(_Section):
     policy: str = "recent"
     policy_options: dict[str, Any] = Field(default_factory=dict)
     text_encoder: str | None = None  # local folder of CLIP text weights, for text prompts
+    # fp32 (exact) | bf16 | fp16 (CUDA) | int8 (CPU) | fast: surgray.tracking.precision
     precision: str = "fp32"
+
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        from surgray.tracking.precision import normalize_precision
+
+        return normalize_precision(value)
 
 
 class SegmentingConfig(_Section):

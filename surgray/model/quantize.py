@@ -14,6 +14,7 @@ inference only and never loads or saves a checkpoint (its state dict differs).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -42,7 +43,11 @@ class Int8Linear(nn.Module):
         weight = linear.weight.detach().float().cpu()
         scale = weight.abs().amax(dim=1).clamp_min(1e-8) / 127.0
         zero = torch.zeros(weight.shape[0], dtype=torch.int64)
-        qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
+        with warnings.catch_warnings():
+            # torch 2.13 marks quantized tensors deprecated (torchao is their successor); the
+            # fbgemm kernels behind them are what this module uses, and they still ship.
+            warnings.simplefilter("ignore", UserWarning)
+            qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
         bias = None if linear.bias is None else linear.bias.detach().float().cpu().clone()
         self.register_buffer("bias", bias, persistent=False)
         self._packed = torch.ops.quantized.linear_prepack(qweight, bias)

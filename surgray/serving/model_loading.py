@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 RANDOM_WEIGHTS_PREFIX = "random:"
 _RANDOM = re.compile(r"^random:(\d{1,10})$")
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS (demo only: masks are meaningless)"
-_PRECISIONS = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 
 
 class ModelLoadError(RuntimeError):
@@ -84,19 +83,14 @@ class LoadedModel:
         )
 
 
-def _autocast(precision: str, device: Any) -> Any:
-    import torch
+def _precision(precision: str, device: Any) -> str:
+    """The precision name for the tracker (surgray.tracking.precision), checked for `device`."""
+    from surgray.tracking.precision import PrecisionError, resolve_precision
 
-    if precision not in _PRECISIONS:
-        raise ModelLoadError(
-            f"model.precision {precision!r} is not supported; use one of {sorted(_PRECISIONS)}"
-        )
-    name = _PRECISIONS[precision]
-    if name is None:
-        return None
-    if name == "float16" and device.type != "cuda":
-        raise ModelLoadError("model.precision fp16 needs a CUDA device; use fp32 or bf16 on CPU")
-    return getattr(torch, name)
+    try:
+        return resolve_precision(precision, device).name
+    except PrecisionError as exc:
+        raise ModelLoadError(f"model.{exc}") from exc
 
 
 def _has_text_source(referring: Any) -> bool:
@@ -180,7 +174,7 @@ def load_served_model(
         tracker = Tracker(
             model,
             {"name": served.policy, **served.policy_options},
-            autocast_dtype=_autocast(served.precision, chosen),
+            precision=_precision(served.precision, chosen),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"model {served.name!r}: memory policy: {exc}") from exc
