@@ -18,7 +18,14 @@ import os
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from surgray.config import describe_validation_error, load_yaml_mapping
 from surgray.errors import UserError
@@ -120,6 +127,41 @@ class BatchingConfig(_Section):
     wait_timeout_s: float = Field(0.005, ge=0)
 
 
+class ReviewSource(_Section):
+    """One annotation output prefix the review page may read (and write revisions beside)."""
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
+    uri: str = Field(min_length=1)  # local absolute path or object-store URI
+    description: str = ""
+    writable: bool = True
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        if ".." in value.replace("\\", "/").split("/"):
+            raise ValueError(f"review source uri must not contain '..', got {value!r}")
+        if not (value.startswith("/") or "://" in value):
+            raise ValueError(f"review source uri must be absolute or a URI, got {value!r}")
+        return value.rstrip("/")
+
+
+class ReviewConfig(_Section):
+    """The review page's allow-list: the only stores it reads; the browser names them only."""
+
+    sources: list[ReviewSource] = Field(default_factory=list)
+    live_source: str | None = None  # the source that takes saves of live sessions
+
+    @model_validator(mode="after")
+    def _live_listed(self) -> ReviewConfig:
+        names = [source.name for source in self.sources]
+        if len(names) != len(set(names)):
+            raise ValueError(f"review.sources names must be unique, got {names}")
+        if self.live_source is not None and self.live_source not in names:
+            raise ValueError(f"review.live_source {self.live_source!r} is not one of {names}")
+        return self
+
+
 class ServeConfig(_Section):
     model: ServedModel
     replicas: int = Field(1, ge=1)
@@ -128,6 +170,7 @@ class ServeConfig(_Section):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
 
     def model_registry(self) -> dict[str, ServedModel]:
         """Model name -> entry; the only way a request chooses a model."""

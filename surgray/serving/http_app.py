@@ -46,6 +46,7 @@ from surgray.serving.schemas import (
     SegmentRequest,
 )
 from surgray.serving.service import SegmentationService
+from surgray.serving.ui.router import build_ui_router, ui_path_limits
 
 M = TypeVar("M", bound=BaseModel)
 API_DESCRIPTION = (
@@ -193,10 +194,11 @@ def build_app(
         return StreamingResponse(lines, media_type="application/x-ndjson")
 
     app.include_router(v1)
+    app.include_router(build_ui_router(service, checker))  # the review page: serving/ui/
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=limits.max_body_bytes,
-        path_limits={SEGMENT_PATH: limits.max_video_bytes},
+        path_limits={SEGMENT_PATH: limits.max_video_bytes, **ui_path_limits(limits)},
     )
     app.add_middleware(ReplicaHeaderMiddleware, replica_id=service.identity.replica_id)
     return app
