@@ -15,6 +15,10 @@ from pathlib import Path
 # script is started (`python jobs/annotate.py` puts only jobs/ on the path).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from surgray.job_requirements import require  # noqa: E402  (standard library only)
+
+require("annotate")  # a Python without surgray's packages: one line naming them, exit 2
+
 from surgray.annotate.cli import main  # noqa: E402
 
 if __name__ == "__main__":

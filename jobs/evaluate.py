@@ -12,6 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from surgray.job_requirements import require  # noqa: E402  (standard library only)
+
+require("evaluate")  # a Python without surgray's packages: one line naming them, exit 2
+
 from surgray.annotate.evaluate_job import main  # noqa: E402
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ from pathlib import Path
 # `python jobs/train.py` puts jobs/ first on sys.path; the package is one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from surgray.job_requirements import require  # noqa: E402  (standard library only)
+
+require("train")  # a Python without surgray's packages: one line naming them, exit 2
+
 from surgray.train.cli import main  # noqa: E402
 
 if __name__ == "__main__":

@@ -22,12 +22,21 @@ from surgray.errors import (
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("surgray.demo", "generate a synthetic surgical clip and segment it end to end"),
     "annotate": ("surgray.annotate.cli", "annotate a video archive on Ray (local Ray on a laptop)"),
-    "evaluate": (
+    # Two evaluations, named by what they take: `eval` scores masks you already have,
+    # `benchmark` runs a checkpoint over a dataset with ground truth and then scores it.
+    "benchmark": (
         "surgray.annotate.evaluate_job",
-        "run the pipeline on a dataset with ground truth and print J&F",
+        "run a checkpoint on a dataset with ground truth (pipeline on Ray) and print J&F",
     ),
     "train": ("surgray.train.cli", "fine-tune on Ray Train (SAM2S / ReSurgSAM2 recipes)"),
-    "eval": ("surgray.eval.cli", "score predicted masks against ground truth (J, F, J&F, Dice)"),
+    "eval": (
+        "surgray.eval.cli",
+        "score masks you already have against ground truth (J, F, J&F, Dice); runs no model",
+    ),
+    "evaluate": (
+        "surgray.annotate.evaluate_alias",
+        "deprecated name of `surgray benchmark`",
+    ),
     "synth": ("surgray.data.synthetic_cli", "write synthetic surgical clips with ground truth"),
 }
 

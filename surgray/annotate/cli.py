@@ -29,7 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ray-temp-dir", default=None, help="session folder of the local Ray (default /tmp/ray)"
     )
+    parser.add_argument(
+        "--output", default=None, metavar="PREFIX",
+        help="write under PREFIX instead of the config's output.prefix (a folder or s3:// "
+        "prefix; inside `ray job submit` a relative path is in the job's working directory)",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
+    parser.add_argument(
+        "--progress-bars", action="store_true",
+        help="show Ray Data's per-operator progress bars (default: one line per finished video)",
+    )  # fmt: skip
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -41,9 +50,16 @@ def _setup_logging(quiet: bool) -> None:
     logging.getLogger("surgray").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+def _where(prefix: str) -> str:
+    """The output prefix as a user can find it: local folders as absolute paths."""
+    from surgray.io.storage import is_local, local_path
+
+    return str(local_path(prefix).resolve()) if is_local(prefix) else prefix
+
+
 def run(args: argparse.Namespace) -> int:
     from surgray.annotate.config import AnnotateConfig, ConfigError
-    from surgray.annotate.driver import JobSetupError
+    from surgray.errors import UserError
 
     _setup_logging(args.quiet)
     try:
@@ -52,27 +68,34 @@ def run(args: argparse.Namespace) -> int:
         print(f"surgray annotate: {one_line(exc)}", file=sys.stderr)
         return EXIT_INVALID_CONFIG
 
+    if args.output:
+        config = config.model_copy(
+            update={"output": config.output.model_copy(update={"prefix": args.output})}
+        )
+
     from surgray.annotate.driver import prepare_job
     from surgray.annotate.pipeline import connect_ray, execute
 
     try:
-        plan = prepare_job(config)  # bad inputs are reported before Ray starts
-    except JobSetupError as exc:
-        print(f"surgray annotate: {exc}", file=sys.stderr)
+        # Bad inputs, checkpoints, variants and outputs are reported before Ray starts
+        # (surgray.annotate.preflight); a missing package is named as such.
+        plan = prepare_job(config)
+    except UserError as exc:
+        print(f"surgray annotate: {one_line(exc)}", file=sys.stderr)
         return EXIT_INVALID_CONFIG
     # Nothing to track (all complete, rejected or unreadable): no need to start Ray.
     started = bool(plan.rows) and connect_ray(
         args.ray_address, num_cpus=args.num_cpus, temp_dir=args.ray_temp_dir
     )
     try:
-        outcome = execute(plan)
+        outcome = execute(plan, progress_bars=args.progress_bars)
     finally:
         if started:
             import ray
 
             ray.shutdown()
     print(outcome.report())
-    print(f"outputs under {config.output.prefix}")
+    print(f"outputs under {_where(config.output.prefix)}")
     return exit_code(outcome.summary)
 
 

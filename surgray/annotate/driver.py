@@ -36,6 +36,7 @@ from surgray.annotate.outputs import (
     write_summary,
 )
 from surgray.annotate.plan import plan_work_items
+from surgray.annotate.preflight import check_model, check_output_writable
 from surgray.annotate.probe import ProbeResult, needs_probe, probe_task
 from surgray.annotate.provenance import (
     Provenance,
@@ -43,6 +44,7 @@ from surgray.annotate.provenance import (
     config_hash,
     video_provenance,
 )
+from surgray.errors import UserError
 from surgray.io.errors import VideoError
 from surgray.io.video_types import VideoInfo
 
@@ -51,7 +53,7 @@ PROBE_THREADS = 8  # probes wait on the store, not the CPU
 PROVENANCE_COLUMN = "provenance_json"  # added to each work row for the actor
 
 
-class JobSetupError(ValueError):
+class JobSetupError(UserError, ValueError):
     """The job cannot start: invalid config, unusable inputs, unreachable storage."""
 
 
@@ -74,17 +76,6 @@ class JobPlan:
         for row in self.rows:
             counts[row["video_id"]] = int(row["num_segments"])
         return counts
-
-
-def _check_output_writable(layout: OutputLayout) -> None:
-    uri = f"{layout.prefix}/_write_check"
-    try:
-        layout.put_bytes(uri, b"ok")
-        layout.remove(uri)
-    except Exception as exc:  # every store fails in its own way; all mean "cannot write"
-        raise JobSetupError(
-            f"output.prefix {layout.prefix}: cannot write there ({type(exc).__name__}: {exc})"
-        ) from exc
 
 
 def _load(config: AnnotateConfig, environ: Mapping[str, str] | None):
@@ -115,7 +106,13 @@ def _probe_all(tasks: list[VideoTask], config: AnnotateConfig) -> dict[str, Prob
 
 
 def prepare_job(config: AnnotateConfig, *, environ: Mapping[str, str] | None = None) -> JobPlan:
-    """Everything the driver does before the actors start; raises `JobSetupError`."""
+    """Everything the driver does before the actors start; raises `JobSetupError` or
+    `surgray.annotate.preflight.PreflightError` (both `UserError`s).
+
+    The checks of `surgray.annotate.preflight` run here, before Ray starts: the checkpoint is
+    built as the actors build it, so a wrong file or variant is one line, not an actor's
+    traceback. `demo:` inputs are written first (`surgray.annotate.demo_source`)."""
+    from surgray.annotate.demo_source import resolve_demo_inputs
     from surgray.annotate.hooks import load_skip_hook
 
     started = time.monotonic()
@@ -127,8 +124,11 @@ def prepare_job(config: AnnotateConfig, *, environ: Mapping[str, str] | None = N
         layout = OutputLayout(config.output.prefix, config.storage_options())
     except ValueError as exc:
         raise JobSetupError(f"output.prefix: {exc}") from exc
-    _check_output_writable(layout)
+    check_output_writable(layout)
+    config = resolve_demo_inputs(config, dict(environ) if environ is not None else None)
     loaded = _load(config, environ)
+    needs_text = any(task.prompts.texts for task in loaded.tasks)
+    check_model(config.model, config.storage_options(), needs_text=needs_text)
     digest = checkpoint_digest(config)
     config_digest = config_hash(config)
     provenances = {

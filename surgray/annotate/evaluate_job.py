@@ -2,7 +2,7 @@
 J, F, J&F, Dice and Challenge IoU (`surgray.eval`), one table per dataset.
 
     python jobs/evaluate.py --config configs/evaluate_endovis18_surgsam2.yaml
-    surgray-style: python -m surgray.annotate.evaluate_job --config ...
+    surgray benchmark --config ...        (a local Ray; `surgray evaluate` is its old name)
 
 Per dataset, under `<output.prefix>/<dataset name>/`: the annotation layout (masks/, status/,
 _done/, so an interrupted run resumes), and eval_results.csv / eval_results.json. The table is
@@ -274,6 +274,14 @@ def run(args: argparse.Namespace) -> int:
         config = EvaluateConfig.from_yaml(args.config)
     except ConfigError as exc:
         print(f"evaluate: {one_line(exc)}", file=sys.stderr)
+        return EXIT_INVALID_CONFIG
+    from surgray.annotate.preflight import check_evaluate_job
+    from surgray.errors import UserError
+
+    try:
+        check_evaluate_job(config)  # missing data, wrong checkpoint: one line, before Ray starts
+    except UserError as exc:
+        print(f"evaluate: {exc}", file=sys.stderr)
         return EXIT_INVALID_CONFIG
     started = connect_ray(args.ray_address, num_cpus=args.num_cpus, temp_dir=args.ray_temp_dir)
     try:

@@ -127,6 +127,17 @@ def shipped_checkpoint_path(source: str) -> str:
     return str(SHIPPED_DIR / f"{name}.pt")
 
 
+def _load_failure(exc: Exception) -> str:
+    """Why torch.load failed, in one line. torch's own text for a weights-only failure
+    recommends unpickling arbitrary code; we keep only its diagnosis."""
+    text = " ".join(str(exc).split())
+    if "Weights only load failed" not in text:
+        return f"{type(exc).__name__}: {text}"
+    detail = text.split("WeightsUnpickler error:", 1)[-1].split(" Check the documentation")[0]
+    detail = detail.strip() if "WeightsUnpickler error:" in text else ""
+    return "its bytes are not a checkpoint of tensors" + (f": {detail}" if detail else "")
+
+
 def read_state_dict(
     source: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
@@ -141,7 +152,7 @@ def read_state_dict(
         payload = torch.load(target, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, truncated pickle, foreign format, ...
         raise CheckpointError(
-            f"checkpoint {text}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})"
+            f"checkpoint {text}: not a readable PyTorch checkpoint ({_load_failure(exc)})"
         ) from exc
     metadata = None
     if isinstance(payload, dict) and "model" in payload and isinstance(payload["model"], dict):

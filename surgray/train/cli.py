@@ -3,6 +3,7 @@
     surgray train --config configs/train_demo.yaml
     surgray train --config configs/train_demo.yaml --set schedule.epochs=2 --check-only
     ray job submit --working-dir . -- python jobs/train.py --config configs/train_demo.yaml
+    surgray train --config configs/train_demo.yaml --max-steps 20   # a short run
 
 `--set section.key=value` overrides one value (the value is read as YAML: numbers, booleans,
 lists). Checks run first (config keys, dataset, storage, initial weights); `--check-only` stops
@@ -33,6 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--address", help="Ray cluster address (default: the job's cluster, or a local one)"
     )
     parser.add_argument("--export", help="copy the final model.pt to this path or URI")
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        metavar="N",
+        help="a short run: one epoch of N steps instead of the config's schedule (to try a "
+        "config end to end; same as --set schedule.epochs=1 --set schedule.steps_per_epoch=N)",
+    )
     parser.add_argument(
         "--evaluate",
         metavar="CHECKPOINT",
@@ -133,8 +141,14 @@ def run(args: argparse.Namespace) -> int:
     from surgray.train.config import TrainConfigError
     from surgray.train.preflight import PreflightError, preflight
 
+    overrides = list(args.overrides)
+    if args.max_steps is not None:
+        if args.max_steps < 1:
+            print(f"surgray train: --max-steps {args.max_steps}: give at least 1", file=sys.stderr)
+            return 2
+        overrides += ["schedule.epochs=1", f"schedule.steps_per_epoch={args.max_steps}"]
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, overrides)
         if args.address:
             config = config.model_copy(
                 update={"scaling": config.scaling.model_copy(update={"address": args.address})}
