@@ -38,6 +38,7 @@ from surgray.serving.errors import (
     validation_message,
 )
 from surgray.serving.openapi import DOCS_URL, OPENAPI_URL, REDOC_URL, install_openapi
+from surgray.serving.request_scope import run_scoped
 from surgray.serving.routing import REPLICA_HEADER, SESSION_ROUTING_HEADER
 from surgray.serving.schemas import (
     API_VERSION,
@@ -138,7 +139,7 @@ def build_app(
         body = parse_json_body(
             await request.body(), request.headers.get("content-type"), CreateSessionRequest
         )
-        return ok(await run_in_threadpool(service.create_session, body), status=201)
+        return ok(await run_scoped(service.create_session, body), status=201)
 
     @v1.get("/sessions/{session_id}")
     def get_session(session_id: str = Depends(routed)) -> JSONResponse:
@@ -149,7 +150,7 @@ def build_app(
         request: Request, include_png: bool | None = None, session_id: str = Depends(routed)
     ) -> JSONResponse:
         body = await request.body()
-        result = await run_in_threadpool(
+        result = await run_scoped(
             service.process_frame,
             session_id,
             body,
@@ -163,7 +164,7 @@ def build_app(
         body = parse_json_body(
             await request.body(), request.headers.get("content-type"), PromptsRequest
         )
-        return ok(await run_in_threadpool(service.add_prompts, session_id, body))
+        return ok(await run_scoped(service.add_prompts, session_id, body))
 
     @v1.delete("/sessions/{session_id}")
     def delete_session(session_id: str = Depends(routed)) -> Response:

@@ -40,7 +40,7 @@ class RleMask(BaseModel):
     size: tuple[Annotated[int, Field(ge=1, le=65535)], Annotated[int, Field(ge=1, le=65535)]]
     counts: (
         Annotated[str, Field(min_length=1, max_length=MAX_RLE_CHARS)]
-        | list[Annotated[int, Field(ge=0)]]
+        | Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_RLE_CHARS)]
     )
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ from surgray.serving.backend import ServingBackend, StateT, TrackedFrame
 from surgray.serving.config import ServeConfig
 from surgray.serving.errors import ApiError, Unprocessable, UnsupportedMediaType
 from surgray.serving.images import EmptyBody, decode_frame
+from surgray.serving.request_scope import RequestScope, check
 from surgray.serving.results import encode_objects
 from surgray.serving.routing import ReplicaIdentity, SessionIdCodec
 from surgray.serving.schemas import (
@@ -31,6 +32,7 @@ from surgray.serving.schemas import (
     SessionInfo,
     ndjson_line,
 )
+from surgray.serving.session_prompts import check_mask_bounds
 from surgray.serving.sessions import EndReason, SessionEntry, SessionLimits, SessionStore
 
 logger = logging.getLogger(__name__)
@@ -97,7 +99,12 @@ class SegmentationService(Generic[StateT]):
         return chosen
 
     # -- sessions ---------------------------------------------------------------------------
-    def create_session(self, request: CreateSessionRequest) -> SessionInfo:
+    def create_session(
+        self, request: CreateSessionRequest, scope: RequestScope | None = None
+    ) -> SessionInfo:
+        """A new session. Everything that can be refused is refused before a slot is taken;
+        a session whose request is cancelled (client gone, deadline passed) is deleted at once,
+        also when the cancel comes after this returned (`RequestScope.on_cancel`)."""
         self.store.maybe_sweep()
         model = self.resolve_model(request.model)
         wanted = len(request.objects) + len(request.expressions)
@@ -106,11 +113,24 @@ class SegmentationService(Generic[StateT]):
                 f"{wanted} objects and expressions requested; at most "
                 f"{self.config.limits.max_objects} per session"
             )
+        check_mask_bounds(request.objects, self.config.limits.max_image_side)
+        check(scope, "creating the session")
         resolved = request.model_copy(update={"model": model})
         session_id = self.store.create_with(lambda sid: self.backend.open_session(sid, resolved))
+        if scope is not None:
+            scope.on_cancel(lambda: self._discard(session_id))
+        check(scope, "answering")
         entry = self.store.get(session_id)
         entry.info["include_png"] = request.include_png
         return self._info(entry)
+
+    def _discard(self, session_id: str) -> None:
+        """Delete a session nobody will hear of (its creating request was cancelled)."""
+        try:
+            self.store.delete(session_id)
+            logger.info("session %s deleted: its create request was cancelled", session_id)
+        except ApiError:
+            pass  # already gone
 
     def session_info(self, session_id: str) -> SessionInfo:
         return self._info(self.store.get(session_id))
@@ -122,11 +142,13 @@ class SegmentationService(Generic[StateT]):
         content_type: str | None,
         *,
         include_png: bool | None = None,
+        scope: RequestScope | None = None,
     ) -> FrameResult:
         self.store.maybe_sweep()
         started = time.perf_counter()
         with self.store.lease(session_id, frame=True) as entry:
             image = decode_frame(body, content_type, max_side=self.config.limits.max_image_side)
+            check(scope, "tracking the frame")  # nothing changed yet: the frame is not counted
             tracked = self.backend.track_frame(entry.state, image)
             png = entry.info.get("include_png", False) if include_png is None else include_png
             objects = encode_objects(tracked, include_png=png)
@@ -137,7 +159,11 @@ class SegmentationService(Generic[StateT]):
             latency_ms=(time.perf_counter() - started) * 1000.0,
         )
 
-    def add_prompts(self, session_id: str, request: PromptsRequest) -> SessionInfo:
+    def add_prompts(
+        self, session_id: str, request: PromptsRequest, scope: RequestScope | None = None
+    ) -> SessionInfo:
+        check_mask_bounds(request.objects, self.config.limits.max_image_side)
+        check(scope, "adding prompts")
         with self.store.lease(session_id) as entry:
             known = set(self.backend.describe(entry.state).obj_ids)
             new = {obj.obj_id for obj in request.objects if obj.obj_id not in known}

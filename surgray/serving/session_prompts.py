@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from surgray.serving.errors import Unprocessable
+from surgray.io.errors import MaskFormatError
+from surgray.serving.errors import PayloadTooLarge, Unprocessable
 from surgray.serving.schemas import PromptObject
 
 
@@ -37,6 +38,28 @@ class InvalidFrameIndex(Unprocessable):
 
 class FrameSizeMismatch(Unprocessable):
     code = "frame_size_mismatch"
+
+
+class MaskPromptTooLarge(PayloadTooLarge):
+    code = "mask_too_large"
+
+
+def check_mask_bounds(objects: list[PromptObject], max_side: int) -> None:
+    """Every mask prompt's declared size and runs checked without decoding it (`rle_check`):
+    a side over `max_side` is 413 `mask_too_large`, runs that do not cover the declared size
+    are 422. The service runs this before anything is allocated or a session slot is taken."""
+    from surgray.io.rle_check import MaskTooLarge, check_rle
+
+    for position, obj in enumerate(objects):
+        if obj.mask is None:
+            continue
+        where = f"objects[{position}].mask"
+        try:
+            check_rle(obj.mask.model_dump(), max_side=max_side, where=where)
+        except MaskTooLarge as exc:
+            raise MaskPromptTooLarge(str(exc)) from None
+        except MaskFormatError as exc:
+            raise InvalidPrompt(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -126,6 +149,12 @@ def check_prompts(state: TrackerSession, objects: list[PromptObject]) -> list[Ch
                 f"{sorted(known) or 'none'}), and background clicks alone cannot start "
                 "one; add a box, a mask or a foreground click (label 1)"
             )
+        if obj.mask is not None and implied is not None and tuple(obj.mask.size) != implied:
+            height, width = obj.mask.size  # refused before decoding: no allocation
+            raise InvalidPrompt(
+                f"{where}: the mask is {width}x{height} (width x height) "
+                f"but the session's frames are {implied[1]}x{implied[0]}"
+            )
         mask = _decode_mask(obj, where)
         if mask is not None:
             if implied is not None and mask.shape != implied:
@@ -175,7 +204,7 @@ def _has_foreground(obj: PromptObject) -> bool:
 def _decode_mask(obj: PromptObject, where: str) -> np.ndarray | None:
     if obj.mask is None:
         return None
-    from surgray.io.masks import MaskFormatError, decode_rle
+    from surgray.io.masks import decode_rle
 
     try:
         return decode_rle([obj.mask.model_dump()])[0]
