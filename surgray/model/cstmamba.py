@@ -262,9 +262,16 @@ class CSTMamba(nn.Module):
         image = keys[:, : h * w].transpose(1, 2).reshape(n, c, h, w)
         sparse = queries[:, :1]
         if self.language_fusion_mlp is not None:
-            text_cls = self.language_fusion_mlp(self.token_projection(text.pooled))
-            sparse = torch.cat([sparse, text_cls[:, None]], dim=1)
+            sparse = torch.cat([sparse, self.text_prompt_token(text)], dim=1)
         return FusionOutput(image_features=image, sparse_tokens=sparse)
+
+    def text_prompt_token(self, text: TextFeatures) -> torch.Tensor:
+        """[N, 1, C] the projected pooled text through `language_fusion_mlp`: the decoder's
+        text token, which needs no image (the released model also gives it on tracked
+        frames; see `ReferringConfig.tracked_text_token`)."""
+        if self.language_fusion_mlp is None:
+            raise ValueError("this fusion has no language_fusion_mlp (forward_text_emb is off)")
+        return self.language_fusion_mlp(self.token_projection(text.pooled))[:, None]
 
     def _check(self, text: TextFeatures, current, history) -> None:
         cfg = self.cfg

@@ -3,7 +3,8 @@
 Every place that builds a model from a user's checkpoint (the annotate job's actors, the Serve
 replicas) goes through `load_network`, so they accept the same files and refuse the same
 mistakes. A checkpoint is referring when our metadata carries its `ReferringConfig` or when it
-holds the released ReSurgSAM2 keys.
+holds the released ReSurgSAM2 keys; a released one (no config of ours) runs with the
+`resurgsam2_released` preset, network settings included (`surgray.model.resurgsam2_released`).
 
 Which text features a referring network uses:
 
@@ -44,6 +45,15 @@ def is_referring_checkpoint(
     from surgray.model.referring_checkpoint import REFERRING_METADATA_KEY, is_resurgsam2_layout
 
     return REFERRING_METADATA_KEY in (metadata or {}) or is_resurgsam2_layout(state_dict)
+
+
+def released_without_config(
+    state_dict: dict[str, torch.Tensor], metadata: dict[str, Any] | None
+) -> bool:
+    """A released ReSurgSAM2 file: its key layout, and no referring config of ours."""
+    from surgray.model.referring_checkpoint import REFERRING_METADATA_KEY, is_resurgsam2_layout
+
+    return REFERRING_METADATA_KEY not in (metadata or {}) and is_resurgsam2_layout(state_dict)
 
 
 def referring_config_for(
@@ -89,13 +99,19 @@ def load_network(
     """
     from surgray.model.referring import ReSurgSAM2
     from surgray.model.referring_checkpoint import load_referring_state_dict
+    from surgray.model.resurgsam2_released import resurgsam2_released
     from surgray.model.sam2 import SAM2Model
 
     text = os.fspath(source)
     state_dict, metadata = read_state_dict(text, storage_options)
     cfg = stored_or_variant_config(variant, metadata, image_size)
     if is_referring_checkpoint(state_dict, metadata):
-        model = ReSurgSAM2(cfg, referring_config_for(cfg, metadata, text_encoder, text))
+        if released_without_config(state_dict, metadata):
+            # No recorded config: run it as the released code does (resurgsam2_released).
+            cfg, referring = resurgsam2_released(cfg, state_dict, text_encoder)
+        else:
+            referring = referring_config_for(cfg, metadata, text_encoder, text)
+        model = ReSurgSAM2(cfg, referring)
         load_referring_state_dict(model, state_dict, text)
         return model
     model = SAM2Model(cfg)

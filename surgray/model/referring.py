@@ -42,23 +42,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from surgray.model.category_probes import CategoryProbes
+from surgray.model.cifs_config import CIFSConfig
 from surgray.model.config import ModelConfig
 from surgray.model.cstmamba import CSTMamba, CSTMambaConfig
-from surgray.model.frame_types import FrameFeatures, HeadsOutput
+from surgray.model.frame_types import FrameFeatures, FrameOutput, HeadsOutput, ObjectPrompt
 from surgray.model.heads import run_sam_heads, wants_multimask
 from surgray.model.memory_readout import condition_on_memory
+from surgray.model.memory_types import MemorySelection
+from surgray.model.referring_tracking import (
+    TextMemorySelection,
+    merge_frame_outputs,
+    track_with_text_tokens,
+)
 from surgray.model.sam2 import SAM2Model
 from surgray.model.semantic_head import SemanticHead, SemanticHeadConfig
 from surgray.model.text_encoder import TextEncoder, TextFeatures
 from surgray.model.text_pixel import TextPixelConfig, TextPixelHead
 from surgray.model.text_tower import TextTowerConfig, build_text_tower
-from surgray.tracking.cifs import CIFSConfig
 
 
 class ReferringConfig(BaseModel):
@@ -87,6 +93,16 @@ class ReferringConfig(BaseModel):
     # ReSurgSAM2 does. With one mask the loss makes the fused text choose the object itself
     # instead of leaving the choice to the IoU head (the small demo model grounds text better).
     stage1_multimask: bool = True
+    # Tracked frames of text objects also get the projected text token
+    # (`language_fusion_mlp(token_projection(pooled text))`) as a sparse prompt to the
+    # decoder, as the released model does (`forward_text_emb`). Off: stage-1 frames only,
+    # what our checkpoints were trained with.
+    tracked_text_token: bool = False
+    # The memory policy of text objects (`{"name": "dlm", ...}`, parsed by the tracker);
+    # None: the video's policy. The released preset names the released DLM.
+    text_memory_policy: dict[str, Any] | None = None
+    # Which preset made this config (`resurgsam2_released` for released checkpoints), if any.
+    preset: str | None = None
 
     @model_validator(mode="after")
     def _one_text_source(self) -> ReferringConfig:
@@ -129,6 +145,10 @@ def check_referring_config(cfg: ModelConfig, referring: ReferringConfig) -> None
                 f"semantic_head.text_dim {head.text_dim} != text_tower.{source} "
                 f"{tower.embedding_width}"
             )
+    if referring.tracked_text_token and not referring.fusion.forward_text_emb:
+        problems.append(
+            "tracked_text_token needs fusion.forward_text_emb (its language_fusion_mlp)"
+        )
     if referring.categories and head is None:
         problems.append("categories are given but there is no semantic_head to choose among them")
     for field in ("categories", "grounding_categories"):
@@ -289,6 +309,61 @@ class ReSurgSAM2(SAM2Model):
             self, image, feats.high_res, None, None, multimask, fused.sparse_tokens, mask_bias
         )
         return replace(heads, fusion_tokens=fused.sparse_tokens)
+
+    # ----------------------------------------------------------------- tracking
+    def text_prompt_token(self, text: TextFeatures) -> torch.Tensor:
+        """[N, 1, C] decoder token of N expressions on tracked frames (`tracked_text_token`)."""
+        return self.cross_modal_fusion.text_prompt_token(text)
+
+    def track_frame(
+        self,
+        features: FrameFeatures,
+        selections: Sequence[MemorySelection | None],
+        frame_idx: int,
+        prompts: Sequence[ObjectPrompt | None] | None = None,
+        num_frames: int | None = None,
+        multimask: bool | None = None,
+        is_conditioning: Sequence[bool] | None = None,
+        run_memory_encoder: bool = True,
+    ) -> FrameOutput:
+        """`SAM2Model.track_frame`, where objects whose selection is a `TextMemorySelection`
+        (text objects of a `tracked_text_token` model, without a prompt on the frame) give
+        their text token to the decoder as an extra sparse prompt, as the released model does
+        on every tracked frame. The other objects run unchanged."""
+        prompt_list = list(prompts) if prompts is not None else [None] * len(selections)
+        texted = [
+            i
+            for i, (sel, prompt) in enumerate(zip(selections, prompt_list))
+            if isinstance(sel, TextMemorySelection) and prompt is None
+        ]
+        args = (num_frames, multimask, is_conditioning, run_memory_encoder)
+        if not texted:
+            return super().track_frame(features, selections, frame_idx, prompt_list, *args)
+        others = [i for i in range(len(selections)) if i not in set(texted)]
+        parts = [
+            (texted, track_with_text_tokens(self, features, selections, texted, frame_idx, args))
+        ]
+        if others:
+            rows = torch.tensor(others, device=features.image_embed.device)
+            sub = features.expand(len(selections))
+            sub = FrameFeatures(
+                sub.image_embed.index_select(0, rows),
+                sub.image_pos.index_select(0, rows),
+                [t.index_select(0, rows) for t in sub.high_res],
+            )
+            flags = None if is_conditioning is None else [is_conditioning[i] for i in others]
+            out = super().track_frame(
+                sub,
+                [selections[i] for i in others],
+                frame_idx,
+                [prompt_list[i] for i in others],
+                num_frames,
+                multimask,
+                flags,
+                run_memory_encoder,
+            )
+            parts.append((others, out))
+        return merge_frame_outputs(parts, len(selections), frame_idx)
 
     def refer_clip(
         self, frames: Sequence[FrameFeatures], expressions: Sequence[str]

@@ -44,6 +44,7 @@ from surgray.model.checkpoint import (
 )
 from surgray.model.config import ModelConfig
 from surgray.model.referring import ReferringConfig, ReSurgSAM2
+from surgray.model.resurgsam2_released import resurgsam2_released
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,9 @@ def build_resurgsam2(
 ) -> ReSurgSAM2:
     """A `ReSurgSAM2` in eval mode, with weights from `checkpoint` when given.
 
-    referring: None takes the config saved in our checkpoint's metadata, else the default.
+    referring: None takes the config saved in our checkpoint's metadata; for a released
+    checkpoint (no metadata), the `resurgsam2_released` preset (its network settings too,
+    see `surgray.model.resurgsam2_released`); else the default.
     load_text_encoder: load `referring.text_encoder` when it is set (an embedded text tower
     needs no loading: its weights are in the checkpoint).
     """
@@ -175,6 +178,9 @@ def build_resurgsam2(
         state_dict, metadata = read_state_dict(source, storage_options)
     if referring is None and metadata and REFERRING_METADATA_KEY in metadata:
         referring = ReferringConfig.model_validate_json(metadata[REFERRING_METADATA_KEY])
+    elif referring is None and state_dict is not None and is_resurgsam2_layout(state_dict):
+        # A released checkpoint records no config: it runs as the released code runs it.
+        cfg, referring = resurgsam2_released(cfg, state_dict)
     model = ReSurgSAM2(cfg, referring)
     if state_dict is not None:
         load_referring_state_dict(model, state_dict, source, init_from)

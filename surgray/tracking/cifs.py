@@ -29,24 +29,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from surgray.model.cifs_config import CIFSConfig
 
 ObjectPhase = Literal["searching", "tracking", "lost"]
 
-
-class CIFSConfig(BaseModel):
-    """Thresholds of the stage switch; defaults are ReSurgSAM2's."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = True
-    score_threshold: float = Field(0.9, ge=0.0, le=1.0)  # delta_o, on sigmoid(object score)
-    iou_threshold: float = Field(0.7, ge=0.0, le=1.0)  # delta_iou, on the predicted IoU
-    window: int = Field(5, ge=1)  # N_w: consecutive candidates needed
-    # While tracking: sigmoid(object score) below this means the object is not seen.
-    lost_score_threshold: float = Field(0.5, ge=0.0, le=1.0)
-    # Consecutive unseen frames before searching again; None: never (as the released code).
-    lost_patience: int | None = Field(30, ge=1)
+__all__ = ["CIFSConfig", "Candidate", "CredibleFrameSelector", "ObjectPhase", "sigmoid"]
 
 
 def sigmoid(logit: float) -> float:

@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from surgray.model.frame_types import FrameFeatures
+from surgray.model.referring_tracking import TextMemorySelection
 from surgray.tracking.cifs import CIFSConfig, CredibleFrameSelector
-from surgray.tracking.inputs import check_index
-from surgray.tracking.memory.base import build_policy
+from surgray.tracking.inputs import check_index, policy_for_model
+from surgray.tracking.memory.base import MemoryPolicy, build_policy
 from surgray.tracking.memory.types import MemoryEntry
 from surgray.tracking.postprocess import clean_mask_logits
 from surgray.tracking.state import ObjectOutput, ObjectState, VideoState
@@ -122,13 +123,48 @@ def add_text_object(
         keep = referring.referring_cfg.fusion.num_frames - 1
         state.referring = ReferringState(history=deque(maxlen=keep))
     obj = ObjectState(
-        obj_id,
-        label if label is not None else text,
-        build_policy(state.policy_cfg, state.num_frames),
+        obj_id, label if label is not None else text, _text_policy(referring, state, text)
     )
     obj.phase = "searching"
     state.objects[obj_id] = obj
     state.referring.objects[obj_id] = TextObject(text, CredibleFrameSelector(cifs))
+
+
+def _text_policy(model: ReSurgSAM2, state: VideoState, text: str) -> MemoryPolicy:
+    """The text object's memory policy: the model's `text_memory_policy` (the released
+    preset's DLM) or the video's; with `tracked_text_token`, its selections carry the text
+    token for the decoder (`TextTokenPolicy`)."""
+    cfg = model.referring_cfg
+    policy_cfg = state.policy_cfg
+    if cfg.text_memory_policy is not None:
+        policy_cfg = policy_for_model(cfg.text_memory_policy, model)
+    policy = build_policy(policy_cfg, state.num_frames)
+    if not cfg.tracked_text_token:
+        return policy
+    with torch.no_grad():
+        token = model.text_prompt_token(model.encode_text([text]))[0]
+    return TextTokenPolicy(policy, token.detach())
+
+
+class TextTokenPolicy:
+    """A memory policy whose selections also carry a text object's decoder token
+    (`TextMemorySelection`); everything else is the wrapped policy's."""
+
+    def __init__(self, inner: MemoryPolicy, tokens: torch.Tensor) -> None:
+        self._inner = inner
+        self._tokens = tokens  # [T, C]
+
+    def select(self, frame_idx: int, reverse: bool = False) -> TextMemorySelection:
+        selection = self._inner.select(frame_idx, reverse)
+        return TextMemorySelection(selection.spatial, selection.pointers, self._tokens)
+
+    def to(self, device: torch.device | str) -> TextTokenPolicy:
+        self._inner.to(device)
+        self._tokens = self._tokens.to(device)
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 def after_frame(
