@@ -137,3 +137,9 @@ def test_serve_loads_a_fast_model_and_refuses_fp16_on_cpu():
             ServedModel(variant="micro", checkpoint="random:0", image_size=SIZE, precision="fp16"),
             device="cpu",
         )
+
+
+def test_int8_tracker_built_under_inference_mode_still_steps(model):
+    with torch.inference_mode():
+        tracker = Tracker(model, precision="int8", postprocess={"fill_hole_area": 0})
+    assert len(track(tracker, frames=2)) == 2

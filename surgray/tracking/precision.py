@@ -56,15 +56,9 @@ def normalize_precision(value: str) -> str:
 
 def cpu_has_native_bf16() -> bool:
     """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX); Linux /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    from surgray.model.quantize import cpu_flags
+
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_precision(value: str, device: torch.device | str) -> PrecisionPlan:
@@ -106,7 +100,10 @@ def apply_precision(model: torch.nn.Module, plan: PrecisionPlan) -> torch.nn.Mod
         return model
     from surgray.model.quantize import quantize_linears
 
-    quantized = copy.deepcopy(model).eval()
-    replaced = quantize_linears(quantized)
+    # Normal tensors even when called under inference_mode: Hiera's caches read parameters'
+    # version counters, which inference tensors do not have.
+    with torch.inference_mode(False):
+        quantized = copy.deepcopy(model).eval()
+        replaced = quantize_linears(quantized)
     logger.info("precision %s: %d linear layers with int8 weights", plan.name, len(replaced))
     return quantized
