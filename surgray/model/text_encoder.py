@@ -257,9 +257,10 @@ class TextEncoder(nn.Module):
         full = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
         for text, ids in zip(texts, full):
             if len(ids) > self.context_length:
+                # Logs carry a short prefix and the length, never the whole user text.
                 message = (
-                    f"text {text!r} has {len(ids)} tokens, more than the text encoder's context "
-                    f"of {self.context_length}"
+                    f"text {short_text(text)} has {len(ids)} tokens, more than the text "
+                    f"encoder's context of {self.context_length}"
                 )
                 if self.overflow == "error":
                     raise ValueError(message)
@@ -298,6 +299,13 @@ def _check_texts(texts) -> None:
             raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
         if not text.strip():
             raise ValueError(f"texts[{i}] is empty: a referring expression needs words")
+
+
+def short_text(text: str, keep: int = 40) -> str:
+    """`text` for a log line: its first `keep` characters (repr) and its length, if longer."""
+    if len(text) <= keep:
+        return repr(text)
+    return f"{text[:keep]!r}... ({len(text)} characters)"
 
 
 def _pad(entries: list[_Encoded]) -> TextFeatures:

@@ -16,7 +16,6 @@ are cached per vocabulary file for the life of the process (`load_vocab_tokenize
 from __future__ import annotations
 
 import functools
-from importlib import resources
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -24,6 +23,11 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from surgray.model.text_encoder import DeferredTokenizer, Overflow, TextEncoder
 
 SHIPPED_VOCAB = ("assets", "clip", "bpe_simple_vocab_16e6.txt.gz")
+
+
+def package_root() -> Path:
+    """The folder of the `surgray` package this module was loaded from."""
+    return Path(__file__).resolve().parent.parent
 
 
 class TextTowerConfig(BaseModel):
@@ -79,9 +83,15 @@ class TextTowerConfig(BaseModel):
 
 
 def shipped_vocab_path() -> Path:
-    """The CLIP BPE merges file packaged with surgray."""
-    resource = resources.files("surgray").joinpath(*SHIPPED_VOCAB)
-    path = Path(str(resource))
+    """The CLIP BPE merges file packaged with surgray, beside the code that is running.
+
+    Found from this module's own file, not with `importlib.resources.files("surgray")`: run
+    from a folder that holds another `surgray/` folder (a second clone, a `--working-dir`
+    upload), `surgray` itself can resolve to a namespace package made of that folder, whose
+    `MultiplexedPath` cannot join several parts (Python 3.11) and would point into the other
+    tree anyway. The assets that belong to this code are the ones next to it.
+    """
+    path = package_root().joinpath(*SHIPPED_VOCAB)
     if not path.is_file():
         raise FileNotFoundError(
             f"surgray's CLIP vocabulary {path} is missing: the package was installed without "
