@@ -8,13 +8,18 @@
 A segment's rows go out in chunks of `rows_per_part`, so a writer's memory does not grow with
 video length. Object stores have no rename, so nothing is made visible by renaming: a video
 counts as complete only when its marker exists, carries the provenance the job would record
-now, and lists exactly the parts present with their row counts. A crash at any point leaves a
-video without a valid marker; the rerun deletes what it finds of that video and redoes it,
-so two runs give the same rows, once. Works on local paths and fsspec URIs (s3:// ...).
+now, and lists exactly the parts present with their row counts and sha256 digests: a part
+rewritten since (even with the same number of rows) makes the video incomplete. A crash at any
+point leaves a video without a valid marker; the rerun deletes what it finds of that video and
+redoes it, so two runs give the same rows, once. The marker also keeps a copy of the video's
+status record, which a rerun writes back if it went missing. `_summary.json` says `running`
+from the start of a run (before anything is reset) until the run writes its final counts.
+Works on local paths and fsspec URIs (s3:// ...).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -33,11 +38,12 @@ from surgray.annotate.status import (  # noqa: F401  (re-exported: the job impor
     VideoStatus,
     combine_segments,
     exit_code,
+    running_summary,
     summarize,
 )
 from surgray.io.records import MaskRecord
 
-MARKER_FORMAT = 1
+MARKER_FORMAT = 2  # 2: parts carry sha256 digests, and the marker a copy of the status
 
 
 class OutputLayout:
@@ -113,6 +119,17 @@ class OutputLayout:
         with fs.open(path, "rb") as handle:
             return pq.ParquetFile(handle).metadata.num_rows
 
+    def part_content(self, video_id: str, name: str) -> tuple[int, str]:
+        """(rows, sha256 hex) of a part as it is on the store now."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        payload = self.read_bytes(self.part_uri(video_id, name))
+        if payload is None:
+            raise FileNotFoundError(name)
+        rows = pq.ParquetFile(pa.BufferReader(payload)).metadata.num_rows
+        return rows, hashlib.sha256(payload).hexdigest()
+
     def remove(self, uri: str, recursive: bool = False) -> bool:
         fs, path = self._fs(uri)
         try:
@@ -166,16 +183,22 @@ class SegmentWriter:
             self._flush(self.rows_per_part)
 
     def _flush(self, count: int) -> None:
-        from surgray.io.exports import write_parquet
+        from surgray.io.exports import mask_table
 
         chunk, self._buffer = self._buffer[:count], self._buffer[count:]
+        self._parts.append(self._put_part(mask_table(chunk)))
+
+    def _put_part(self, table: Any) -> PartInfo:
+        """Write the next part from an Arrow table; its digest is of the bytes written."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         name = part_name(self.segment_index, len(self._parts))
-        rows = write_parquet(
-            self.layout.part_uri(self.video_id, name),
-            chunk,
-            storage_options=self.layout.storage_options,
-        )
-        self._parts.append(PartInfo(name, rows))
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        payload = sink.getvalue().to_pybytes()
+        self.layout.put_bytes(self.layout.part_uri(self.video_id, name), payload)
+        return PartInfo(name, table.num_rows, hashlib.sha256(payload).hexdigest())
 
     def close(self) -> tuple[PartInfo, ...]:
         if self._buffer:
@@ -189,25 +212,29 @@ class Marker:
     provenance: Provenance
     parts: tuple[PartInfo, ...]
     frames: int
+    status_json: str | None = None  # the status record, to restore it if it goes missing
 
     def to_json(self) -> str:
         payload = {
             "format": MARKER_FORMAT,
             "video_id": self.video_id,
             "provenance": self.provenance.as_dict(),
-            "parts": [{"name": p.name, "rows": p.rows} for p in self.parts],
+            "parts": [p.as_dict() for p in self.parts],
             "frames": self.frames,
+            "status": self.status_json,
         }
         return json.dumps(payload, sort_keys=True, indent=1)
 
     @classmethod
     def from_json(cls, text: bytes | str) -> Marker:
         data = json.loads(text)
+        status = data.get("status")
         return cls(
             video_id=str(data["video_id"]),
             provenance=Provenance.from_dict(data["provenance"]),
-            parts=tuple(PartInfo(str(p["name"]), int(p["rows"])) for p in data["parts"]),
+            parts=tuple(PartInfo.from_dict(p) for p in data["parts"]),
             frames=int(data["frames"]),
+            status_json=status if isinstance(status, str) else None,
         )
 
 
@@ -229,6 +256,8 @@ class Completion:
 
 
 def check_complete(layout: OutputLayout, video_id: str, provenance: Provenance) -> Completion:
+    """Complete: a marker with this provenance whose parts are on the store with the same
+    names, row counts and sha256 digests (each part is read once to check)."""
     marker = read_marker(layout, video_id)
     if marker is None:
         return Completion(False, "no valid completion marker")
@@ -243,13 +272,19 @@ def check_complete(layout: OutputLayout, video_id: str, provenance: Provenance) 
         return Completion(
             False, f"parts on the store {present} differ from the marker's {sorted(listed)}"
         )
-    for name, rows in listed.items():
+    for part in marker.parts:
+        if part.sha256 is None:
+            return Completion(False, f"the marker has no digest of part {part.name} (older run)")
         try:
-            found = layout.part_rows(video_id, name)
+            rows, digest = layout.part_content(video_id, part.name)
         except Exception as exc:  # a truncated or foreign file: not complete, whatever the cause
-            return Completion(False, f"part {name} unreadable: {type(exc).__name__}")
-        if found != rows:
-            return Completion(False, f"part {name} has {found} rows, the marker says {rows}")
+            return Completion(False, f"part {part.name} unreadable: {type(exc).__name__}")
+        if rows != part.rows:
+            return Completion(
+                False, f"part {part.name} has {rows} rows, the marker says {part.rows}"
+            )
+        if digest != part.sha256:
+            return Completion(False, f"part {part.name} was rewritten since (its digest differs)")
     return Completion(True, "complete")
 
 
@@ -277,12 +312,15 @@ class RerunPlan:
 
 
 def prepare_rerun(layout: OutputLayout, provenances: Mapping[str, Provenance]) -> RerunPlan:
-    """Skip complete videos; clear whatever an earlier run left of the others."""
+    """Skip complete videos (restoring a missing status record from the marker's copy);
+    clear whatever an earlier run left of the others. `_summary.json` says `running` first."""
+    layout.put_bytes(layout.summary_uri, json.dumps(running_summary(len(provenances))).encode())
     pending, skipped = [], []
     for video_id, provenance in provenances.items():
         state = check_complete(layout, video_id, provenance)
         if state.complete:
             logger.info("%s: complete from an earlier run, skipped", video_label(video_id))
+            _restore_status(layout, video_id)
             skipped.append(video_id)
             continue
         removed = reset_video(layout, video_id)
@@ -292,6 +330,17 @@ def prepare_rerun(layout: OutputLayout, provenances: Mapping[str, Provenance]) -
             )
         pending.append(video_id)
     return RerunPlan(tuple(pending), tuple(skipped))
+
+
+def _restore_status(layout: OutputLayout, video_id: str) -> None:
+    if layout.read_bytes(layout.status_uri(video_id)) is not None:
+        return
+    marker = read_marker(layout, video_id)
+    if marker is not None and marker.status_json is not None:
+        layout.put_bytes(layout.status_uri(video_id), marker.status_json.encode())
+        logger.info(
+            "%s: status record was missing; restored from the marker", video_label(video_id)
+        )
 
 
 def write_status(layout: OutputLayout, status: VideoStatus) -> None:
@@ -314,7 +363,9 @@ def finalize_video(layout: OutputLayout, status: VideoStatus) -> VideoStatus:
     for name in layout.part_names(status.video_id):
         if name not in listed:
             layout.remove(layout.part_uri(status.video_id, name))
-    marker = Marker(status.video_id, status.provenance, status.parts, status.frames)
+    marker = Marker(
+        status.video_id, status.provenance, status.parts, status.frames, status.to_json()
+    )
     layout.put_bytes(layout.marker_uri(status.video_id), marker.to_json().encode())
     logger.info(
         "%s: done, %d frames, %d objects, %.1f fps",

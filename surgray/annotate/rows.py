@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from surgray.annotate.logsafe import logger
-from surgray.annotate.outputs import OutputLayout, PartInfo, SegmentWriter, part_name
+from surgray.annotate.outputs import OutputLayout, PartInfo, SegmentWriter
 from surgray.annotate.provenance import Provenance
 from surgray.annotate.status import SegmentResult
 from surgray.io.records import MaskRecord
@@ -86,20 +86,12 @@ class ProvenanceSegmentWriter(SegmentWriter):
         super().add(records)
 
     def _flush(self, count: int) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
         chunk, self._buffer = self._buffer[:count], self._buffer[count:]
         states, self._states = self._states[:count], self._states[count:]
-        name = part_name(self.segment_index, len(self._parts))
-        table = provenance_table(chunk, self.provenance, states)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        self.layout.put_bytes(
-            self.layout.part_uri(self.video_id, name), sink.getvalue().to_pybytes()
-        )
-        self._parts.append(PartInfo(name, table.num_rows))
-        self.rows_written += table.num_rows
+        part = self._put_part(provenance_table(chunk, self.provenance, states))
+        self._parts.append(part)
+        self.rows_written += part.rows
 
     def discard(self) -> None:
         """Drop what is buffered and delete the parts written so far (a failed attempt)."""
@@ -167,6 +159,7 @@ def result_schema() -> Any:
             ("error", pa.string()),
             ("part_names", pa.list_(pa.string())),
             ("part_rows", pa.list_(pa.int64())),
+            ("part_sha256", pa.list_(pa.string())),
         ]
     )
 

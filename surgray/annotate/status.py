@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,10 +17,23 @@ EXIT_INVALID_CONFIG = 2
 
 @dataclass(frozen=True)
 class PartInfo:
-    """One Parquet part of a video's masks: its file name and row count."""
+    """One Parquet part of a video's masks: its file name, row count and content digest.
+
+    The digest (sha256 of the file's bytes) lets a rerun tell a part rewritten with the same
+    number of rows from the one the marker vouches for; it is left out of equality so that
+    parts compare by name and rows, as before digests existed."""
 
     name: str
     rows: int
+    sha256: str | None = field(default=None, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "rows": self.rows, "sha256": self.sha256}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PartInfo:
+        digest = data.get("sha256")
+        return cls(str(data["name"]), int(data["rows"]), str(digest) if digest else None)
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,7 @@ class SegmentResult:
             "error": self.error or "",
             "part_names": [p.name for p in self.parts],
             "part_rows": [p.rows for p in self.parts],
+            "part_sha256": [p.sha256 or "" for p in self.parts],
         }
 
     @classmethod
@@ -62,7 +77,12 @@ class SegmentResult:
             wall_s=float(row["wall_s"]),
             error=row["error"] or None,
             parts=tuple(
-                PartInfo(str(n), int(r)) for n, r in zip(row["part_names"], row["part_rows"])
+                PartInfo(str(n), int(r), str(d) or None)
+                for n, r, d in zip(
+                    row["part_names"],
+                    row["part_rows"],
+                    row.get("part_sha256") or [""] * len(row["part_names"]),
+                )
             ),
         )
 
@@ -100,7 +120,7 @@ class VideoStatus:
             "fps": round(self.fps, 3),
             "error": self.error,
             "source_uri": self.source_uri,
-            "parts": [{"name": p.name, "rows": p.rows} for p in self.parts],
+            "parts": [p.as_dict() for p in self.parts],
         }
         out.update(self.provenance.as_dict() if self.provenance else {})
         return out
@@ -158,6 +178,8 @@ class JobSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "state": "finished",
+            "finished_at": _utc_now(),
             "videos": self.videos,
             "done": self.done,
             "skipped": self.skipped,
@@ -167,6 +189,16 @@ class JobSummary:
             "wall_s": round(self.wall_s, 3),
             "fps": round(self.fps, 3),
         }
+
+
+def running_summary(videos: int) -> dict[str, Any]:
+    """`_summary.json` from the start of a run until its end: a crashed run leaves this, never
+    the counts of an earlier run whose outputs are being reset."""
+    return {"state": "running", "started_at": _utc_now(), "videos": videos}
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def summarize(
