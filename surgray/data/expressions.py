@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from surgray.data.categories import NO_ACTION, action_name, location_name, location_of_point
+from surgray.data.categories import NO_ACTION, action_name, location_name
 
 
 @dataclass(frozen=True)
@@ -52,12 +50,3 @@ def object_expression(
     if kind == "tissue" or action_id == NO_ACTION:
         return category
     return instrument_expression(category, action_id, location_id, unique)
-
-
-def mask_location(mask: np.ndarray) -> int | None:
-    """3x3 grid cell (1-9) of a binary mask's centroid; None for an empty mask."""
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        return None
-    height, width = mask.shape
-    return location_of_point(float(xs.mean()), float(ys.mean()), width, height)

@@ -39,7 +39,6 @@ from surgray.data.synthetic_scene import (
 )
 
 __all__ = [
-    "ObjectFrameMeta",
     "ObjectInfo",
     "SyntheticClip",
     "SyntheticClipConfig",
@@ -55,18 +54,6 @@ class ObjectInfo:
     obj_id: int
     category: str
     kind: ObjectKind
-
-
-@dataclass(frozen=True)
-class ObjectFrameMeta:
-    action: int  # Ref-EndoVis action id, 0 for tissue
-    location: int | None  # 3x3 grid cell of the visible mask's centroid, None when not visible
-    visible_pixels: int
-    full_pixels: int  # pixels the object would cover with nothing in front of it
-
-    @property
-    def visible(self) -> bool:
-        return self.visible_pixels > 0
 
 
 @dataclass(frozen=True)
@@ -94,15 +81,6 @@ class SyntheticClip:
             if info.obj_id == obj_id:
                 return index
         raise KeyError(f"object id {obj_id} is not in this clip")
-
-    def object_meta(self, frame: int, obj_id: int) -> ObjectFrameMeta:
-        n = self.column(obj_id)
-        return ObjectFrameMeta(
-            action=int(self.actions[frame, n]),
-            location=int(self.locations[frame, n]) or None,
-            visible_pixels=int(self.visible_pixels[frame, n]),
-            full_pixels=int(self.full_pixels[frame, n]),
-        )
 
     def unique(self, obj_id: int) -> bool:
         """Whether no other object of the clip shares this object's category."""
