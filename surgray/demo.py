@@ -22,12 +22,10 @@ are meaningless, but every stage still runs for real.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint", type=Path, default=None,
         help="checkpoint to run (default: the shipped demo checkpoint)",
     )  # fmt: skip
+    parser.add_argument(
+        "--progress-bars", action="store_true",
+        help="show Ray Data's per-operator progress bars (default: one line per finished video)",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -81,28 +83,6 @@ class RunResult:
 
 def _say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
-
-
-@contextlib.contextmanager
-def _quiet_ray_data() -> Iterator[None]:
-    """Ray Data logs every dataset's plan and progress to the console at INFO; the demo's own
-    lines say the same in short. Its log files under the Ray session keep everything."""
-    import logging
-
-    import ray.data  # noqa: F401  (configures the "ray.data" logger on import)
-
-    consoles = [
-        (h, h.level)
-        for h in logging.getLogger("ray.data").handlers
-        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-    ]
-    for handler, _ in consoles:
-        handler.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for handler, level in consoles:
-            handler.setLevel(level)
 
 
 def _fresh(prefix: Path) -> Path:
@@ -149,7 +129,7 @@ def _prompts(args: argparse.Namespace, weights: Any) -> list[str]:
     return wanted
 
 
-def _run_jobs(jobs: list[tuple[str, Path, Any]]) -> list[RunResult]:
+def _run_jobs(jobs: list[tuple[str, Path, Any]], progress_bars: bool) -> list[RunResult]:
     """Run each (prompt, prefix, config) job in turn on one Ray (started here unless this
     process is connected already, or RAY_ADDRESS names a cluster)."""
     from surgray.annotate.pipeline import connect_ray, run_annotate
@@ -157,12 +137,12 @@ def _run_jobs(jobs: list[tuple[str, Path, Any]]) -> list[RunResult]:
     started_ray = connect_ray(num_cpus=2)
     results = []
     try:
-        with _quiet_ray_data():
-            for prompt, prefix, config in jobs:
-                _say(f"{prompt} run: annotating into {prefix}")
-                outcome = run_annotate(config)
-                _say(f"{prompt} run: " + outcome.report())
-                results.append(RunResult(prompt, prefix, outcome))
+        for prompt, prefix, config in jobs:
+            _say(f"{prompt} run: annotating into {prefix}")
+            # One progress line per video; Ray Data's bars only with --progress-bars.
+            outcome = run_annotate(config, progress_bars=progress_bars)
+            _say(f"{prompt} run: " + outcome.report())
+            results.append(RunResult(prompt, prefix, outcome))
     finally:
         if started_ray:
             import ray
@@ -180,7 +160,7 @@ def _annotate(args: argparse.Namespace, weights: Any, clip: Any, prompts: list[s
         prefix = _fresh(args.out / prompt)
         jobs.append((prompt, prefix, _config(args, weights, manifest, prefix)))
     scored = []
-    for result in _run_jobs(jobs):
+    for result in _run_jobs(jobs, args.progress_bars):
         report = None
         if not result.outcome.summary.failed:
             report = score_run(clip.ground_truth, result.prefix / "masks")

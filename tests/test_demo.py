@@ -116,6 +116,13 @@ def test_demo_runs_the_job_with_text_and_with_masks(referring_checkpoint, ray_cl
     for text, obj_id in gt_ids.items():
         assert f"{text!r} (obj {obj_id})" in done.stdout
     assert "J&F over all frames, first and last included" in done.stdout
+    # Progress a person can read: a line per finished video, no Ray Data bars, no Ray error.
+    finished = re.findall(
+        r"^\[annotate\] 1/1 videos done: .* frames/s \| finished$", done.stdout, re.M
+    )
+    assert len(finished) == 2, done.stdout  # one per run
+    assert "constructor arguments in the object store" not in done.stdout + done.stderr
+    assert "row/s]" not in done.stdout + done.stderr
     assert {r["state"] for r in text_rows} <= {"searching", "tracking", "lost"}
     mask_rows = _rows(out / "mask" / "masks")
     assert {r["obj_id"] for r in mask_rows} == {o["obj_id"] for o in masked}

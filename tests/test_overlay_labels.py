@@ -74,9 +74,10 @@ def test_the_top_edge_label_moves_inside_and_the_text_stays_in_its_box():
 
 
 def test_long_labels_are_shortened_to_the_frame_and_hopeless_ones_left_out():
-    records, masks = _records(40, 48, [(0, 0, 48, 40)])
-    ((box, text, _),) = label_boxes(records, list(masks), 40, 48)
-    assert text.endswith("..") and box.inside(40, 48)
+    records, masks = _records(40, 72, [(0, 0, 72, 40)])
+    ((box, text, _),) = label_boxes(records, list(masks), 40, 72)
+    # The label gives way; the object id and the score stay whole.
+    assert text.startswith("1: gra") and text.endswith(".. 0.83") and box.inside(40, 72)
     # Placement itself: a label that no free spot fits is left out, never drawn over another.
     sizes, anchors = [(30, 10)] * 5, [Box(0, 0, 10, 10)] * 5
     placed = place_labels(sizes, anchors, 20, 60)

@@ -10,7 +10,13 @@ streamed back to the driver, which finalizes each video as its last segment arri
       .iter_rows()                              SegmentResult rows, in completion order
 
 Every work item is its own block (K items per block when batching), so the pool hands them
-out one at a time and a long video does not hold others back. `map_batches` with a fixed
+out one at a time and a long video does not hold others back.
+
+Lost actors (a worker or a node gone) are not restarted by Ray: Ray Data 2.60 hands each
+pool actor its transform and context as object-store references, and Ray logs an error for
+every restartable actor built from such arguments (ray-project/ray#53727). Instead the driver
+runs the work items that never came back again, in a fresh pool (`LOSS_ATTEMPTS` runs in
+all): part files are named by segment, so a re-run segment replaces what the lost actor left. `map_batches` with a fixed
 batch size serves both K = 1 and K > 1, with one Arrow schema for the results.
 Ray is imported here only, inside functions.
 """
@@ -26,6 +32,9 @@ from typing import Any
 from surgray.annotate.config import AnnotateConfig
 from surgray.annotate.driver import JobOutcome, JobPlan, ResultCollector, prepare_job
 from surgray.annotate.logsafe import logger
+from surgray.annotate.progress import PREFIX
+
+LOSS_ATTEMPTS = 3  # runs of a work item whose actor was lost, the first one included
 
 
 def connect_ray(
@@ -76,7 +85,8 @@ def build_dataset(
     per_step = config.batching.videos_per_step
     blocks = max(1, math.ceil(len(rows) / per_step))
     actors = max(1, min(config.actors.count, blocks))
-    remote_args: dict[str, Any] = {"num_cpus": config.actors.num_cpus}
+    # max_restarts=0: losses are re-run by `execute` (see the module docstring).
+    remote_args: dict[str, Any] = {"num_cpus": config.actors.num_cpus, "max_restarts": 0}
     if config.actors.num_gpus > 0:
         remote_args["num_gpus"] = config.actors.num_gpus
     return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
@@ -94,11 +104,21 @@ def execute(
     *,
     annotator_kwargs: Mapping[str, Any] | None = None,
     exports: bool = True,
+    progress_bars: bool = False,
 ) -> JobOutcome:
-    """Run a prepared plan on the connected Ray cluster and return the job's outcome."""
+    """Run a prepared plan on the connected Ray cluster and return the job's outcome.
+
+    Prints one line per finished video (`surgray.annotate.progress`); Ray Data's progress
+    bars only with `progress_bars`."""
+    from surgray.annotate.progress import VideoProgress
+    from surgray.annotate.progress import progress_bars as ray_data_bars
     from surgray.annotate.video_exports import export_video
 
-    collector = ResultCollector(plan, exporter=export_video if exports else None)
+    # The per-result log line of the collector goes to DEBUG: the progress line says it better.
+    collector = ResultCollector(
+        plan, exporter=export_video if exports else None, log_level=logging.DEBUG
+    )
+    progress = VideoProgress.for_plan(plan)
     logger.info(
         "annotating %d videos in %d work items (%d complete from earlier runs, %d inputs rejected)",
         len(plan.tasks),
@@ -106,16 +126,59 @@ def execute(
         len(plan.skipped),
         len(plan.rejected),
     )
-    if plan.rows:
-        dataset = build_dataset(plan.rows, plan.config, annotator_kwargs)
-        for row in dataset.iter_rows():
-            collector.add(row)
+    if not plan.rows:
+        return collector.finish()
+    progress.start(skipped=len(plan.skipped))
+    pending, returned = list(plan.rows), set()
+    with ray_data_bars(progress_bars):
+        for attempt in range(1, LOSS_ATTEMPTS + 1):
+            try:
+                for row in build_dataset(pending, plan.config, annotator_kwargs).iter_rows():
+                    returned.add(_work_key(row))
+                    status = collector.add(row)
+                    if status is not None:
+                        progress.video_done(
+                            status.video_id, status.state, status.frames, collector.frames_done
+                        )
+                break
+            except _loss_errors() as exc:
+                pending = [r for r in pending if _work_key(r) not in returned]
+                if attempt == LOSS_ATTEMPTS:  # their videos are marked failed by finish()
+                    progress.write(
+                        f"{PREFIX} lost an actor again ({type(exc).__name__}); "
+                        f"{len(pending)} work items are given up after {attempt} runs"
+                    )
+                    break
+                progress.write(
+                    f"{PREFIX} lost an actor ({type(exc).__name__}); "
+                    f"running the {len(pending)} unfinished work items again "
+                    f"(run {attempt + 1} of at most {LOSS_ATTEMPTS})"
+                )
     return collector.finish()
 
 
-def run_annotate(config: AnnotateConfig, *, environ: Mapping[str, str] | None = None) -> JobOutcome:
+def _work_key(row: Mapping[str, Any]) -> tuple[str, int]:
+    """A work item (and its result row): (video id, segment index)."""
+    return str(row["video_id"]), int(row["segment_index"])
+
+
+def _loss_errors() -> tuple[type[BaseException], ...]:
+    """Ray's errors for a lost actor, worker, node or object: run the work again. Errors of
+    our own code never get here (the annotator turns them into failed-video results)."""
+    import ray.exceptions as errors
+
+    names = ("RayActorError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError")
+    return tuple(getattr(errors, name) for name in names if hasattr(errors, name))
+
+
+def run_annotate(
+    config: AnnotateConfig,
+    *,
+    environ: Mapping[str, str] | None = None,
+    progress_bars: bool = False,
+) -> JobOutcome:
     """Plan and run the job on the Ray cluster this process is connected to.
 
     Raises `surgray.annotate.driver.JobSetupError` when the job cannot start.
     """
-    return execute(prepare_job(config, environ=environ))
+    return execute(prepare_job(config, environ=environ), progress_bars=progress_bars)

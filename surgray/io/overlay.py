@@ -102,6 +102,15 @@ def _put_text(canvas: np.ndarray, text: str, x: int, y: int, scale: float) -> No
     draw_label(canvas, box, text, style, (255, 255, 255))
 
 
+def label_text(record: MaskRecord, style: TextStyle, max_width: int) -> str:
+    """ "obj_id: label score", the label shortened (never the id or the score) to fit."""
+    head, tail = f"{record.obj_id}: ", f" {record.score:.2f}"
+    room = max_width - style.measure(head + tail)[0]  # width left for the label's glyphs
+    label = fit_text(record.label, style, room + 2 * style.pad) if record.label and room > 0 else ""
+    text = head + label + tail if label else head + tail.strip()
+    return text if style.measure(text)[0] <= max_width else fit_text(text, style, max_width)
+
+
 def label_boxes(
     records: Sequence[MaskRecord], masks: Sequence[np.ndarray], height: int, width: int
 ) -> list[tuple[Box, str, int]]:
@@ -113,8 +122,7 @@ def label_boxes(
         if rows.size == 0:
             continue
         cols = np.flatnonzero(mask.any(axis=0))
-        label = f"{record.label} {record.score:.2f}" if record.label else f"{record.score:.2f}"
-        text = fit_text(f"{record.obj_id}: {label}", style, width)
+        text = label_text(record, style, width)
         if not text:
             continue
         w, h, _ = style.measure(text)
