@@ -3,7 +3,6 @@ speed, writers and the `surgray synth` CLI."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import time
@@ -16,7 +15,6 @@ import pytest
 
 from surgray.data.categories import ACTIONS, INSTRUMENT_CATEGORIES, TISSUE_CATEGORIES
 from surgray.data.synthetic import SyntheticClipConfig, generate_clip
-from surgray.data.synthetic_cli import add_arguments, run
 from surgray.data.synthetic_writers import (
     make_synthetic_dataset,
     sav_annotation,
@@ -233,9 +231,10 @@ def test_sav_annotation_holds_every_fourth_frame():
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """`surgray synth ARGV` as the command runs it (user errors: one line, exit 2)."""
+    from surgray.cli import main
+
+    return main(["synth", *argv])
 
 
 def test_cli_writes_a_dataset(tmp_path, capsys):
