@@ -231,6 +231,31 @@ def test_load_network_runs_a_released_file_with_the_preset(tmp_path):
         assert torch.equal(net.state_dict()[key], value), key
 
 
+def test_text_objects_get_the_released_memory_and_text_token(model):
+    """Text objects use the preset's DLM whatever the video's policy, and their selections
+    carry the text token; the wrapped policy still copies and pickles (sessions do)."""
+    import copy
+    import pickle
+
+    from surgray.model.referring_tracking import TextMemorySelection
+
+    tracker = Tracker(model, {"name": "recent"})
+    state = tracker.start("v", (128, 128), num_frames=4)
+    tracker.add_text(state, 1, META["text"])
+    policy = state.objects[1].policy
+    assert (policy.cfg.name, policy.cfg.bank_size, policy.cfg.similarity) == (
+        "dlm",
+        3,
+        "width_axis",
+    )
+    selection = policy.select(0)
+    assert isinstance(selection, TextMemorySelection)
+    token = model.text_prompt_token(model.encode_text([META["text"]]))[0]
+    assert torch.equal(selection.decoder_tokens, token)
+    for clone in (copy.deepcopy(policy), pickle.loads(pickle.dumps(policy))):
+        assert isinstance(clone.select(0), TextMemorySelection)
+
+
 def test_our_checkpoints_keep_what_they_recorded():
     """The shipped demo model records its config: no preset, nothing of the release's."""
     net = build_resurgsam2("micro", checkpoint="demo:referring", load_text_encoder=False)

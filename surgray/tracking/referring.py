@@ -164,6 +164,8 @@ class TextTokenPolicy:
         return self
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_inner", "_tokens"):
+            raise AttributeError(name)  # copy/pickle probe before __init__ has run
         return getattr(self._inner, name)
 
 
