@@ -244,3 +244,53 @@ def test_serve_huge_mask_is_413_in_a_second_and_frees_every_slot(ray_cluster):
             serve.delete("bounds")
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_create_whose_client_goes_away_frees_its_session(caplog):
+    """The real app under an ASGI client whose request task is cancelled mid-create (what a
+    disconnect or Serve's request timeout does): the create's thread still finishes, and the
+    session it made is deleted at once, not left to idle out."""
+    import asyncio
+    import logging
+
+    import httpx
+
+    from surgray.serving.http_app import build_app
+    from surgray.serving.service import SegmentationService
+    from surgray.serving.tracker_backend import TrackerBackend
+
+    config = ServeConfig.from_args(
+        {
+            "model": {"variant": "micro", "checkpoint": "random:2", "image_size": 64},
+            "limits": {"max_image_side": 1024, "max_objects": 64},
+        }
+    )
+    backend = TrackerBackend.from_config(config)
+    service = SegmentationService(backend, config)
+    full = np.zeros((1, 1024, 1024), bool)
+    full[0, 100:900, 100:900] = True
+    mask = encode_rle(full)[0]
+    body = {"objects": [{"obj_id": n, "mask": mask} for n in range(1, 65)]}  # ~64 MB to decode
+
+    async def cancelled_create() -> None:
+        transport = httpx.ASGITransport(app=build_app(service, _open_checker()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            task = asyncio.create_task(client.post("/v1/sessions", json=body))
+            await asyncio.sleep(0.05)  # the create is decoding its masks in a worker thread
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    try:
+        with caplog.at_level(logging.INFO, logger="surgray.serving.service"):
+            asyncio.run(cancelled_create())
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not any(
+                "create request was cancelled" in r.getMessage() for r in caplog.records
+            ):
+                time.sleep(0.05)
+        assert any("create request was cancelled" in r.getMessage() for r in caplog.records)
+        assert len(service.store) == 0
+    finally:
+        service.shutdown()
+        backend.close()
