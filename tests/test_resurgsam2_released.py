@@ -258,12 +258,18 @@ def test_text_objects_get_the_released_memory_and_text_token(model):
 
 def test_our_checkpoints_keep_what_they_recorded():
     """The shipped demo model records its config: no preset, nothing of the release's."""
+    from surgray.model.network_loading import load_network
+
     net = build_resurgsam2("micro", checkpoint="demo:referring", load_text_encoder=False)
     referring = net.referring_cfg
     assert referring.preset is None and referring.tracked_text_token is False
     assert referring.text_memory_policy is None
     assert referring.fusion.grn_norm == "tokens"
     assert net.cfg.memory.binarize_mask_from_pts_for_mem_enc is True
+    # Its recorded network (one tracked mask, not micro's default 3) whichever way it loads.
+    assert net.cfg.prompting.multimask_output_for_tracking is False
+    loaded = load_network("demo:referring", "micro")
+    assert loaded.cfg == net.cfg and loaded.referring_cfg == referring
 
 
 # ------------------------------------------------------------------------------ stages

@@ -41,6 +41,7 @@ from surgray.model.checkpoint import (
     check_state_dict,
     read_state_dict,
     save_checkpoint,
+    stored_or_variant_config,
 )
 from surgray.model.config import ModelConfig
 from surgray.model.referring import ReferringConfig, ReSurgSAM2
@@ -157,25 +158,28 @@ def build_resurgsam2(
 ) -> ReSurgSAM2:
     """A `ReSurgSAM2` in eval mode, with weights from `checkpoint` when given.
 
+    variant_or_config: a `ModelConfig` is used as given; a variant name stands for the
+    network config our checkpoint's metadata records (else the variant's).
+
     referring: None takes the config saved in our checkpoint's metadata; for a released
     checkpoint (no metadata), the `resurgsam2_released` preset (its network settings too,
     see `surgray.model.resurgsam2_released`); else the default.
     load_text_encoder: load `referring.text_encoder` when it is set (an embedded text tower
     needs no loading: its weights are in the checkpoint).
     """
-    if isinstance(variant_or_config, ModelConfig):
-        cfg = variant_or_config
-        if image_size is not None:
-            cfg = cfg.with_image_size(image_size)
-    else:
-        from surgray.model.variants import get_variant
-
-        cfg = get_variant(variant_or_config, image_size=image_size)
     state_dict = metadata = None
     source = ""
     if checkpoint is not None:
         source = os.fspath(checkpoint)
         state_dict, metadata = read_state_dict(source, storage_options)
+    if isinstance(variant_or_config, ModelConfig):
+        cfg = variant_or_config
+        if image_size is not None:
+            cfg = cfg.with_image_size(image_size)
+    else:
+        # A variant name: the network our checkpoint recorded (settings that leave no trace
+        # in the weights included), as `load_network` builds it; else the variant's.
+        cfg = stored_or_variant_config(variant_or_config, metadata, image_size)
     if referring is None and metadata and REFERRING_METADATA_KEY in metadata:
         referring = ReferringConfig.model_validate_json(metadata[REFERRING_METADATA_KEY])
     elif referring is None and state_dict is not None and is_resurgsam2_layout(state_dict):
