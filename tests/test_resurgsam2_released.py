@@ -207,6 +207,18 @@ def test_a_released_checkpoint_builds_the_released_configuration(model):
     assert model.cfg.memory.storage_dtype == "bf16"
 
 
+def test_the_published_fusion_sizes_are_read_back_from_its_tensors():
+    """At the published size (Hiera-S neck 256, CLIP B/32 512, 2048-wide projections) the
+    preset reads back our defaults, except the GRN, which is the release's."""
+    from surgray.model.cstmamba import CSTMamba, CSTMambaConfig
+    from surgray.model.resurgsam2_released import released_fusion_config
+
+    fusion = CSTMamba(CSTMambaConfig())
+    ours = {f"cross_modal_fusion.{k}": v for k, v in fusion.state_dict().items()}
+    read = released_fusion_config(to_resurgsam2_layout(ours))
+    assert read == CSTMambaConfig(grn_norm="tokens_and_channels")
+
+
 def test_load_network_runs_a_released_file_with_the_preset(tmp_path):
     """The annotate job and Serve build through `load_network`: a released-layout file of a
     registered variant gets the preset too, with the text folder the caller names."""

@@ -8,17 +8,24 @@
    the frames stepped just before) as history. That output is the object's result on the frame.
 2. Its `CredibleFrameSelector` (surgray.tracking.cifs) sees the prediction. When it selects a
    candidate, that frame's memory is encoded from its stage-1 low-resolution logits, upsampled
-   and binarised as for a prompted frame (`is_mask_from_pts=True`), and becomes the object's
-   conditioning memory, with the stage-1 object pointer. From the next frame on the object is
-   tracked by its memory policy (`dlm` for ReSurgSAM2). The frames between the selected one and
-   the switch never become memories; their results stay the stage-1 masks.
+   and treated as a prompted frame's (`is_mask_from_pts=True`: binarised when the model's
+   `memory.binarize_mask_from_pts_for_mem_enc` says so; the released preset does not), and
+   becomes the object's conditioning memory, with the stage-1 object pointer. From the next
+   frame on the object is tracked by its memory policy (`dlm` for ReSurgSAM2); with
+   `ReferringConfig.tracked_text_token` the decoder also gets the text token on those frames
+   (`surgray.model.referring_tracking`). The frames between the selected one and the switch
+   never become memories; their results stay the stage-1 masks.
 3. Tracked text objects go "lost" on frames the object score says they are not seen, and after
-   the configured number of such frames their memories are dropped and they search again.
+   the configured number of such frames (`CIFSConfig.lost_patience`; never in the released
+   preset) their memories are dropped and they search again, with the frames just before as
+   sensory memory and an empty CIFS window.
 
 Objects prompted with clicks, boxes or masks are untouched. A text object that receives such a
 prompt while searching is tracked from it. A seek empties the sensory memory and the candidate
-windows (the next frames are not consecutive with them). Text objects use the video's memory
-policy; ReSurgSAM2 runs use `{"name": "dlm"}` (or `resurgsam2_dlm_preset()`).
+windows (the next frames are not consecutive with them). Text objects use the model's
+`ReferringConfig.text_memory_policy` when it names one (the released preset: DLM as released),
+else the video's memory policy; ReSurgSAM2 runs use `{"name": "dlm"}` (or
+`resurgsam2_dlm_preset()`).
 
 With a SAM2S semantic head and category names, every object with an output on the frame is
 also classified (`surgray.tracking.categories`).
