@@ -10,6 +10,7 @@ printed (run with -s to see them).
 
 from __future__ import annotations
 
+import io
 import shutil
 import tempfile
 import time
@@ -294,3 +295,31 @@ def test_a_create_whose_client_goes_away_frees_its_session(caplog):
     finally:
         service.shutdown()
         backend.close()
+
+
+def _mp4(width: int, height: int, frames: int = 2) -> bytes:
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for _ in range(frames):
+            image = np.zeros((height, width, 3), np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def test_a_video_of_frames_over_the_limit_is_refused_from_its_header(service):
+    from surgray.serving.schemas import SegmentRequest
+    from surgray.serving.video_header import VideoFramesTooLarge, declared_frame_size
+
+    wide = _mp4(320, 64)
+    assert declared_frame_size(wide) == (320, 64)
+    assert declared_frame_size(b"not a video") is None
+    with pytest.raises(VideoFramesTooLarge) as caught:
+        service.segment(wide, "video/mp4", SegmentRequest(expressions=["the grasper"]))
+    assert caught.value.status == 413 and "320x64" in caught.value.message

@@ -34,6 +34,7 @@ from surgray.serving.schemas import (
 )
 from surgray.serving.session_prompts import check_mask_bounds
 from surgray.serving.sessions import EndReason, SessionEntry, SessionLimits, SessionStore
+from surgray.serving.video_header import check_video_header
 
 logger = logging.getLogger(__name__)
 VIDEO_MEDIA_TYPES = (
@@ -207,6 +208,7 @@ class SegmentationService(Generic[StateT]):
             )
         if not video:
             raise EmptyBody("the request body is empty; send the video file")
+        check_video_header(video, self.config.limits.max_image_side)  # before any decoding
         request = request.model_copy(update={"model": self.resolve_model(request.model)})
         frames = self.backend.segment_video(video, request)
         started = time.perf_counter()
