@@ -265,6 +265,7 @@ async function trackFrom(k, only, extraExpressions) {
   try {
     const info = await api("POST", "/v1/sessions", { objects, expressions });
     run.sid = info.session_id;
+    S.lastSession = run.sid;
     if (gen !== S.gen) { api("DELETE", `/v1/sessions/${run.sid}`, undefined, { "X-Session-Id": run.sid }).catch(() => {}); return; }
     info.expressions.forEach((text, i) => {
       const existing = [...S.objects.values()].find((o) => o.text && o.label === text);
