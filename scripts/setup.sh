@@ -26,11 +26,28 @@ step_reference() {
     SAM2_BUILD_CUDA=0 pip_install --no-deps --no-build-isolation sam2==1.1.0
   fi
 }
+# Debian's Chromium, for the review page's browser tests (Playwright drives it; its own browser
+# download needs the network). apt-get only when it is missing; where it cannot be installed
+# the browser tests skip and say why.
+step_chromium() {
+  if command -v chromium >/dev/null 2>&1; then
+    return 0
+  fi
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo -n"
+  if command -v apt-get >/dev/null 2>&1 && $sudo true 2>/dev/null; then
+    $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium >/dev/null ||
+      echo "setup: WARNING: apt-get could not install chromium; browser tests (tests/test_ui_browser.py) will skip"
+  else
+    echo "setup: WARNING: no chromium and no apt-get (as root or passwordless sudo); browser tests (tests/test_ui_browser.py) will skip"
+  fi
+}
 STEPS=(
   "step_venv|create the virtual environment $VENV|a few seconds"
   "step_torch|install CPU torch 2.13.0|1-3 min"
   "step_surgray|install surgray with Ray, PyAV, transformers and the test tools|4-8 min"
   "step_reference|build Meta's reference sam2 package (parity tests)|1-2 min"
+  "step_chromium|install Debian's chromium for the browser tests, when missing|0-2 min"
 )
 
 started=$SECONDS
