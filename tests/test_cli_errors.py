@@ -151,6 +151,7 @@ def _assert_one_line(code: int, err: str, argv: list[str]) -> None:
     lines = [line for line in err.splitlines() if line.strip() and not _LOG_RECORD.match(line)]
     assert code == 2, (argv, code, err[-2000:])
     assert "Traceback" not in err, err[-2000:]
+    assert "weights_only" not in err, err  # never pass on torch's advice to unpickle code
     assert len(lines) == 1, (argv, lines[:20])
 
 
