@@ -47,6 +47,7 @@ Replacements (only what cannot run here), each installed by `install_cpu_shims`:
 Command that made the committed fixtures (their repository from the `fetch` tool, at
 a3e9585; einops from PyPI into a throwaway folder, since their code needs it and we do not):
 
+    mkdir -p /tmp/rs2
     git --git-dir=/work/.mirror/jinlab-imvr+ReSurgSAM2/repo archive a3e9585 | tar -x -C /tmp/rs2
     .venv/bin/pip install --target /tmp/rs2deps einops
     PYTHONPATH=/tmp/rs2deps .venv/bin/python scripts/resurgsam2_parity_fixtures.py \\
