@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,16 @@ class OutputLayout:
             return fs.cat_file(path)
         except FileNotFoundError:
             return None
+
+    def names_in(self, folder: str) -> list[str]:
+        """Base names of the entries directly in `<prefix>/<folder>` (none if it is missing):
+        one listing, not walked (a LIST per thousand keys on object storage)."""
+        fs, path = self._fs(f"{self.prefix}/{folder}")
+        try:
+            entries = fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        return [str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries]
 
     def part_names(self, video_id: str) -> list[str]:
         fs, path = self._fs(self.masks_dir(video_id))
@@ -311,25 +322,49 @@ class RerunPlan:
     skipped: tuple[str, ...]  # complete with the same provenance
 
 
+RERUN_THREADS = 16  # rerun checks wait on the store, not the CPU
+
+
 def prepare_rerun(layout: OutputLayout, provenances: Mapping[str, Provenance]) -> RerunPlan:
     """Skip complete videos (restoring a missing status record from the marker's copy);
-    clear whatever an earlier run left of the others. `_summary.json` says `running` first."""
+    clear whatever an earlier run left of the others. `_summary.json` says `running` first.
+
+    One listing per output folder (`scan_outputs`) finds the videos the prefix holds anything
+    of; the others are pending without a request each, so a fresh prefix costs a few LISTs
+    however large the archive. The videos found are checked concurrently."""
+    from surgray.annotate.output_scan import scan_outputs
+
     layout.put_bytes(layout.summary_uri, json.dumps(running_summary(len(provenances))).encode())
-    pending, skipped = [], []
-    for video_id, provenance in provenances.items():
-        state = check_complete(layout, video_id, provenance)
-        if state.complete:
-            logger.info("%s: complete from an earlier run, skipped", video_label(video_id))
-            _restore_status(layout, video_id)
-            skipped.append(video_id)
-            continue
-        removed = reset_video(layout, video_id)
-        if removed:
-            logger.info(
-                "%s: %s; removed %d stale entries", video_label(video_id), state.reason, removed
+    scan = scan_outputs(layout)
+    found = [v for v in provenances if v in scan.present]
+    if found:
+        with ThreadPoolExecutor(min(RERUN_THREADS, len(found))) as pool:
+            verdicts = dict(
+                zip(found, pool.map(lambda v: _rerun_one(layout, v, provenances[v], scan), found))
             )
-        pending.append(video_id)
-    return RerunPlan(tuple(pending), tuple(skipped))
+    else:
+        verdicts = {}
+    skipped = tuple(v for v in provenances if verdicts.get(v, False))
+    pending = tuple(v for v in provenances if not verdicts.get(v, False))
+    return RerunPlan(pending, skipped)
+
+
+def _rerun_one(layout: OutputLayout, video_id: str, provenance: Provenance, scan: Any) -> bool:
+    """True when the video is complete (skip it); else what it left is removed."""
+    if video_id in scan.markers:
+        state = check_complete(layout, video_id, provenance)
+    else:
+        state = Completion(False, "no completion marker")
+    if state.complete:
+        logger.debug("%s: complete from an earlier run, skipped", video_label(video_id))
+        _restore_status(layout, video_id)
+        return True
+    removed = reset_video(layout, video_id)
+    if removed:
+        logger.info(
+            "%s: %s; removed %d stale entries", video_label(video_id), state.reason, removed
+        )
+    return False
 
 
 def _restore_status(layout: OutputLayout, video_id: str) -> None:

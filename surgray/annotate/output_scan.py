@@ -1,0 +1,51 @@
+"""What an output prefix already holds, learnt from listings instead of one request per video.
+
+A rerun over an archive of 100,000 videos must not ask the store about each video in turn:
+on object storage every question is a round trip, and a fresh prefix would answer "nothing
+here" 100,000 times. One listing of each of the layout's folders (one LIST request per
+thousand keys on S3, non-recursive, so a video's many part files or PNGs are not walked)
+tells which videos have a completion marker and which have anything at all; only those are
+looked at one by one (`surgray.annotate.outputs.prepare_rerun`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # outputs imports this module when a rerun starts
+    from surgray.annotate.outputs import OutputLayout
+
+# export format -> suffix of a video's entry in exports/<format>/ (as OutputLayout.export_uri)
+EXPORT_SUFFIXES = {"davis": "", "sav_json": ".json", "overlay_mp4": ".mp4"}
+
+
+@dataclass(frozen=True)
+class OutputScan:
+    """Video ids found under an output prefix, by what was found."""
+
+    markers: frozenset[str]  # a completion marker exists (complete, unless it proves stale)
+    present: frozenset[str]  # anything of the video exists: marker, status, parts or exports
+
+    def untouched(self, video_ids: Iterable[str]) -> list[str]:
+        """The ids of `video_ids` with nothing under the prefix: pending, nothing to reset."""
+        return [v for v in video_ids if v not in self.present]
+
+
+def _strip(name: str, prefix: str = "", suffix: str = "") -> str | None:
+    """`name` without `prefix` and `suffix`, or None when it lacks either (a foreign entry)."""
+    if not (name.startswith(prefix) and name.endswith(suffix)):
+        return None
+    return name.removeprefix(prefix).removesuffix(suffix) or None
+
+
+def scan_outputs(layout: OutputLayout) -> OutputScan:
+    """List the layout's folders once each (see the module docstring)."""
+    markers = {v for n in layout.names_in("_done") if (v := _strip(n, suffix=".json"))}
+    present = set(markers)
+    present.update(v for n in layout.names_in("status") if (v := _strip(n, "video_id=", ".json")))
+    present.update(v for n in layout.names_in("masks") if (v := _strip(n, "video_id=")))
+    for fmt, suffix in EXPORT_SUFFIXES.items():
+        present.update(v for n in layout.names_in(f"exports/{fmt}") if (v := _strip(n, "", suffix)))
+    return OutputScan(markers=frozenset(markers), present=frozenset(present))
