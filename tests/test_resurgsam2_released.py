@@ -347,6 +347,31 @@ def test_our_lost_path_searches_again_like_their_loop_started_afresh(restart_run
     assert restart_run.frames[len(restart_run.frames) - 1]["selected"] == selected + first - 2
 
 
+def test_a_clicked_object_beside_the_text_object_changes_neither(model, cifs_run):
+    """Objects of one frame run in one call: the text object's rows take the text-token path
+    and a clicked object's the plain one; each gets what it gets alone."""
+
+    def run(with_text: bool, with_clicks: bool) -> dict[int, list[torch.Tensor]]:
+        clip = frames_of("cifs")
+        tracker = Tracker(model)
+        state = tracker.start("mixed", clip.shape[1:3], num_frames=len(clip))
+        if with_text:
+            tracker.add_text(state, 1, META["text"])
+        if with_clicks:
+            tracker.add_points(state, 2, 0, [[40, 64]], [1])
+        logits: dict[int, list[torch.Tensor]] = {1: [], 2: []}
+        for frame in clip:
+            tracker.step(state, frame)
+            for obj_id, obj in state.objects.items():
+                logits[obj_id].append(obj.last.low_res_logits)
+        return logits
+
+    both, clicks_only = run(True, True), run(False, True)
+    text_alone = [cifs_run.frames[t]["low_res"] for t in range(len(cifs_run.frames))]
+    assert max(max_diff(a, b) for a, b in zip(both[1], text_alone)) <= 1e-5
+    assert max(max_diff(a, b) for a, b in zip(both[2], clicks_only[2])) <= 1e-5
+
+
 # ------------------------------------------------------------------------------ the causes
 def test_either_released_setting_alone_breaks_parity(model):
     """The two settings the issue found: GRN over tokens only changes the fusion; without

@@ -36,6 +36,11 @@ text embedding. With several candidate masks (SAM2.1's rule for prompts of zero 
 one with the highest predicted IoU is kept; `ReferringConfig.stage1_multimask=False` decodes a
 single mask instead. With `ReferringConfig.text_pixel` the head's stride-8 term is added to the
 decoder's masks before the object-score decision.
+
+Tracked frames (`track_frame`): as SAM2's, except that with `ReferringConfig.tracked_text_token`
+(the released model's `forward_text_emb`) text objects also give the decoder their projected
+text token (`surgray.model.referring_tracking`). A released checkpoint gets the settings its
+code runs with from `surgray.model.resurgsam2_released`.
 """
 
 from __future__ import annotations
@@ -55,11 +60,7 @@ from surgray.model.frame_types import FrameFeatures, FrameOutput, HeadsOutput, O
 from surgray.model.heads import run_sam_heads, wants_multimask
 from surgray.model.memory_readout import condition_on_memory
 from surgray.model.memory_types import MemorySelection
-from surgray.model.referring_tracking import (
-    TextMemorySelection,
-    merge_frame_outputs,
-    track_with_text_tokens,
-)
+from surgray.model.referring_tracking import track_frame_with_text
 from surgray.model.sam2 import SAM2Model
 from surgray.model.semantic_head import SemanticHead, SemanticHeadConfig
 from surgray.model.text_encoder import TextEncoder, TextFeatures
@@ -330,40 +331,15 @@ class ReSurgSAM2(SAM2Model):
         (text objects of a `tracked_text_token` model, without a prompt on the frame) give
         their text token to the decoder as an extra sparse prompt, as the released model does
         on every tracked frame. The other objects run unchanged."""
-        prompt_list = list(prompts) if prompts is not None else [None] * len(selections)
-        texted = [
-            i
-            for i, (sel, prompt) in enumerate(zip(selections, prompt_list))
-            if isinstance(sel, TextMemorySelection) and prompt is None
-        ]
-        args = (num_frames, multimask, is_conditioning, run_memory_encoder)
-        if not texted:
-            return super().track_frame(features, selections, frame_idx, prompt_list, *args)
-        others = [i for i in range(len(selections)) if i not in set(texted)]
-        parts = [
-            (texted, track_with_text_tokens(self, features, selections, texted, frame_idx, args))
-        ]
-        if others:
-            rows = torch.tensor(others, device=features.image_embed.device)
-            sub = features.expand(len(selections))
-            sub = FrameFeatures(
-                sub.image_embed.index_select(0, rows),
-                sub.image_pos.index_select(0, rows),
-                [t.index_select(0, rows) for t in sub.high_res],
-            )
-            flags = None if is_conditioning is None else [is_conditioning[i] for i in others]
-            out = super().track_frame(
-                sub,
-                [selections[i] for i in others],
-                frame_idx,
-                [prompt_list[i] for i in others],
-                num_frames,
-                multimask,
-                flags,
-                run_memory_encoder,
-            )
-            parts.append((others, out))
-        return merge_frame_outputs(parts, len(selections), frame_idx)
+        return track_frame_with_text(
+            self,
+            super().track_frame,
+            features,
+            selections,
+            frame_idx,
+            prompts,
+            (num_frames, multimask, is_conditioning, run_memory_encoder),
+        )
 
     def refer_clip(
         self, frames: Sequence[FrameFeatures], expressions: Sequence[str]

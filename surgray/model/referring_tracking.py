@@ -11,13 +11,13 @@ then puts the rows back in object order (`merge_frame_outputs`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from surgray.model.frame_types import FrameFeatures, FrameOutput
+from surgray.model.frame_types import FrameFeatures, FrameOutput, ObjectPrompt
 from surgray.model.heads import run_sam_heads, wants_multimask
 from surgray.model.memory_readout import condition_on_memory
 from surgray.model.memory_types import MemorySelection
@@ -112,3 +112,50 @@ def track_with_text_tokens(
         multimask_iou=list(heads.multimask_iou.unbind(0)),
         is_conditioning=flags,
     )
+
+
+def track_frame_with_text(
+    model: ReSurgSAM2,
+    plain_track: Callable[..., FrameOutput],
+    features: FrameFeatures,
+    selections: Sequence[MemorySelection | None],
+    frame_idx: int,
+    prompts: Sequence[ObjectPrompt | None] | None,
+    args: tuple,
+) -> FrameOutput:
+    """`ReSurgSAM2.track_frame`: objects whose selection is a `TextMemorySelection` and that
+    have no prompt on the frame run with their text token (`track_with_text_tokens`), the
+    others through `plain_track` (`SAM2Model.track_frame`); rows come back in object order.
+    args: (num_frames, multimask, is_conditioning, run_memory_encoder)."""
+    prompt_list = list(prompts) if prompts is not None else [None] * len(selections)
+    texted = [
+        i
+        for i, (sel, prompt) in enumerate(zip(selections, prompt_list))
+        if isinstance(sel, TextMemorySelection) and prompt is None
+    ]
+    num_frames, multimask, is_conditioning, run_memory_encoder = args
+    if not texted:
+        return plain_track(features, selections, frame_idx, prompt_list, *args)
+    others = [i for i in range(len(selections)) if i not in set(texted)]
+    parts = [(texted, track_with_text_tokens(model, features, selections, texted, frame_idx, args))]
+    if others:
+        rows = torch.tensor(others, device=features.image_embed.device)
+        sub = features.expand(len(selections))
+        sub = FrameFeatures(
+            sub.image_embed.index_select(0, rows),
+            sub.image_pos.index_select(0, rows),
+            [t.index_select(0, rows) for t in sub.high_res],
+        )
+        flags = None if is_conditioning is None else [is_conditioning[i] for i in others]
+        out = plain_track(
+            sub,
+            [selections[i] for i in others],
+            frame_idx,
+            [prompt_list[i] for i in others],
+            num_frames,
+            multimask,
+            flags,
+            run_memory_encoder,
+        )
+        parts.append((others, out))
+    return merge_frame_outputs(parts, len(selections), frame_idx)
