@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from surgray.model.frame_types import FrameFeatures
+from surgray.model.memory_types import MemoryEntry
 from surgray.model.referring_tracking import TextMemorySelection
 from surgray.tracking.cifs import CIFSConfig, CredibleFrameSelector
 from surgray.tracking.inputs import check_index, policy_for_model
 from surgray.tracking.memory.base import MemoryPolicy, build_policy
-from surgray.tracking.memory.types import MemoryEntry
 from surgray.tracking.postprocess import clean_mask_logits
 from surgray.tracking.state import ObjectOutput, ObjectState, VideoState
 

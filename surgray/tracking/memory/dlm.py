@@ -28,16 +28,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from surgray.tracking.memory.base import register_policy
-from surgray.tracking.memory.config import DLMPolicyConfig
-from surgray.tracking.memory.recent import RecentPolicy
-from surgray.tracking.memory.similarity import least_similar
-from surgray.tracking.memory.types import (
+from surgray.model.memory_types import (
     MemoryEntry,
     MemorySelection,
     SpatialMemory,
     temporal_index_for,
 )
+from surgray.tracking.memory.base import register_policy
+from surgray.tracking.memory.config import DLMPolicyConfig
+from surgray.tracking.memory.recent import RecentPolicy
+from surgray.tracking.memory.similarity import least_similar
 
 
 @register_policy("dlm")
