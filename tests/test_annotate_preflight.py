@@ -92,6 +92,11 @@ def test_wrong_variant(tmp_path, quick_env):
     )
 
 
+def test_unknown_variant(tmp_path, quick_env):
+    message = expect_preflight_error(demo_config(tmp_path, variant="nonsense"), "model.variant")
+    assert "known: micro" in message and '"' not in message
+
+
 def test_missing_checkpoint(tmp_path, quick_env):
     missing = tmp_path / "nowhere.pt"
     with pytest.raises(UserError, match="nowhere.pt"):

@@ -49,8 +49,8 @@ def missing_package(exc: BaseException) -> MissingPackageError | None:
     return None
 
 
-def safe_message(exc: BaseException) -> str:
-    """The exception's text without advice to load checkpoints unsafely."""
+def safe_message(exc: object) -> str:
+    """The exception's (or message's) text without advice to load checkpoints unsafely."""
     kept = [
         part
         for part in str(exc).replace("\n", " ").split(". ")
@@ -94,7 +94,9 @@ def load_checked_network(model: Any, storage_options: dict[str, Any] | None) -> 
         missing = missing_package(exc)
         if missing is not None:
             raise missing from exc
-        raise PreflightError(f"model.variant {model.variant!r}: {safe_message(exc)}") from exc
+        # A KeyError's str() is the repr of its message; show the message itself.
+        reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise PreflightError(f"model.variant {model.variant!r}: {safe_message(reason)}") from exc
     except ImportError as exc:
         raise missing_package(exc) from exc
 
