@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEMO_ASSETS = Path(__file__).parent / "assets" / "demo"
+from surgray.model.shipped import SHIPPED_DIR as DEMO_ASSETS
+
 REFERRING_CHECKPOINT = DEMO_ASSETS / "referring.pt"
 MASK_CHECKPOINT = DEMO_ASSETS / "model.pt"
 VIDEO_ID = "synthetic-case-0"

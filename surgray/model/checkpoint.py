@@ -34,7 +34,6 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +41,7 @@ import torch
 from surgray.errors import UserError
 from surgray.model.config import ModelConfig
 from surgray.model.sam2 import SAM2Model
+from surgray.model.shipped import SHIPPED_DIR, SHIPPED_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +104,6 @@ def _read_bytes_or_path(source: str, storage_options: dict[str, Any] | None) -> 
         raise CheckpointNotFoundError(f"checkpoint {source}: object not found") from exc
     except PermissionError as exc:
         raise CheckpointError(f"checkpoint {source}: access denied: {exc}") from exc
-
-
-SHIPPED_PREFIX = "demo:"
-# The checkpoints shipped inside the package (the demo's), found next to this file so that
-# any working directory and any installed layout resolve them alike.
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
 
 
 def shipped_checkpoint_path(source: str) -> str:
