@@ -92,3 +92,20 @@ def test_mask_prompt_declaring_a_huge_size_is_rejected_without_decoding(tmp_path
     result = read_manifest(path)
     assert [task.video_uri for task in result.tasks] == ["/v/b.mp4"]
     assert "mask_rle" in _by_row(result)[1]
+
+
+def test_reasons_stay_short_whatever_the_row_holds(tmp_path):
+    """A 10 KB video_id or prompt key is named by a prefix: reports and logs stay small."""
+    path = tmp_path / "m.jsonl"
+    rows = [
+        {"video_uri": "/v/a.mp4", "video_id": "x" * 10_000, "text": "grasper"},
+        {
+            "video_uri": "/v/b.mp4",
+            "prompts": {"objects": [{"obj_id": 1, "frame": 0, "k" * 10_000: 1}]},
+        },
+        {"video_uri": "/v/c.mp4", "text": "needle"},
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = read_manifest(path)
+    assert sorted(_by_row(result)) == [1, 2]
+    assert all(len(reason) <= 300 for reason in _by_row(result).values())

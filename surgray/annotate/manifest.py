@@ -34,6 +34,8 @@ from surgray.errors import UserError, one_line
 
 COLUMNS = ("video_uri", "video_id", "text", "prompts")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+# A row's reason quotes at most this much of it: reports and logs stay small whatever the row.
+MAX_REASON_CHARS = 300
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # a byte that was not UTF-8 (surrogateescape)
 
 
@@ -247,7 +249,7 @@ def read_manifest(
     first_row_of: dict[str, int] = {}  # video URI or id -> first row that used it
     for number, row in _rows(text_uri, _read_bytes(text_uri, storage_options)):
         if isinstance(row, str):
-            errors.append(ManifestError(number, row))
+            errors.append(ManifestError(number, one_line(row, MAX_REASON_CHARS)))
             continue
         try:
             task = _task(number, row, text_uri, global_texts, ids)
@@ -256,7 +258,7 @@ def read_manifest(
                     what = "video" if key.startswith("uri:") else f"video_id {task.video_id}"
                     raise PromptError(f"duplicate {what} (first in row {first_row_of[key]})")
         except PromptError as exc:
-            errors.append(ManifestError(number, str(exc)))
+            errors.append(ManifestError(number, one_line(exc, MAX_REASON_CHARS)))
             continue
         first_row_of.setdefault(f"uri:{task.video_uri}", number)
         first_row_of.setdefault(f"id:{task.video_id}", number)
