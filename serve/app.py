@@ -13,7 +13,8 @@ config file, or `key=value` pairs after `serve run`). The args are `ServeConfig`
 - flat shortcuts for the command line: `config=<yaml>` (base config), `insecure=true`
   (no authentication: local demos only), `checkpoint=`, `variant=`, `image_size=`, `policy=`
   (model fields), `host=`, `port=` (where Serve listens: `serve.http_start`), `num_cpus=`
-  (replica CPUs).
+  (replica CPUs), `review_dir=<folder or URI>` (an annotation store the review page at `/`
+  reads and saves into, named `local`; a config file's `review.sources` lists more).
 Without a `model`, the shipped referring demo checkpoint is served (`checkpoint:
 demo:referring`: the micro network at 128 px with its own text tower, trained on synthetic
 clips), which takes masks, points, boxes and text expressions. Tokens and the session-id key
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from typing import Any
 
@@ -93,6 +95,7 @@ def resolve_args(args: dict[str, Any] | None) -> tuple[ServeConfig, dict[str, An
         loaded = ServeConfig.from_yaml(rest.pop("config"))
         base = loaded.model_dump(mode="json", exclude_unset=True)
     insecure = rest.pop("insecure", None)
+    review_dir = rest.pop("review_dir", None)
     shortcuts = {key: rest.pop(key) for key in MODEL_SHORTCUTS if key in rest}
     http = {key: rest.pop(key) for key in HTTP_SHORTCUTS if key in rest}
     merged = _merge(base, rest)
@@ -104,6 +107,13 @@ def resolve_args(args: dict[str, Any] | None) -> tuple[ServeConfig, dict[str, An
         if "checkpoint" in shortcuts:  # the demo's description would not describe that file
             del model["description"]
     merged["model"] = {**model, **shortcuts}
+    if review_dir is not None:  # the review page's store from the command line
+        uri = str(review_dir) if "://" in str(review_dir) else os.path.abspath(str(review_dir))
+        review = dict(merged.get("review") or {})
+        local = {"name": "local", "uri": uri, "description": "review_dir"}
+        review["sources"] = [*review.get("sources", []), local]
+        review.setdefault("live_source", "local")
+        merged["review"] = review
     if insecure is not None:
         merged["auth"] = {**merged.get("auth", {}), "insecure_no_auth": _flag(insecure, "insecure")}
     return ServeConfig.from_args(merged), actor_options

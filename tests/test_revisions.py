@@ -173,3 +173,36 @@ def test_bad_saves_and_unknown_videos(tmp_path):
         read_latest_records(layout, "missing-video")
     with pytest.raises(ValueError, match="video id"):
         store.folder("../escape")
+
+
+def test_surgray_eval_reads_a_store_at_its_latest_revision(tmp_path):
+    from surgray.eval.sources import open_predictions
+
+    layout = _batch_store(tmp_path)
+    before = open_predictions(tmp_path).load(VIDEO, "00004", (SIZE, SIZE))
+    assert np.array_equal(before[2], _mask(4, 2))  # the batch output, no revision yet
+    _save(RevisionStore(layout), 0, shift=1)
+    after = open_predictions(tmp_path).load(VIDEO, "00004", (SIZE, SIZE))
+    assert np.array_equal(after[2], _mask(4, 2, shift=1)) and np.array_equal(after[1], _mask(4, 1))
+    masks_only = open_predictions(tmp_path / "masks").load(VIDEO, "00004", (SIZE, SIZE))
+    assert np.array_equal(masks_only[2], _mask(4, 2))  # the masks folder alone: the job's rows
+
+
+def test_revisions_on_object_storage_are_created_once(s3_server):
+    bucket = s3_server.make_bucket("revisions-test")
+    layout = OutputLayout(f"{bucket}/out", s3_server.storage_options)
+    writer = SegmentWriter(layout, VIDEO, 0).start()
+    writer.add(_records(range(FRAMES), 1))
+    result = SegmentResult(VIDEO, 0, 1, frames=FRAMES, object_ids=(1,), parts=writer.close())
+    finalize_video(layout, combine_segments(VIDEO, [result], PROVENANCE))
+    store = RevisionStore(layout)
+    first = _save(store, 0, shift=1)
+    assert first.revision == 1 and len(read_latest_records(layout, VIDEO)) == 2 * FRAMES - 3
+    # The record is created with a conditional put: a second create of it is refused.
+    assert store._create(store.record_uri(VIDEO, 1), b"{}") is False
+    fs, path = layout._fs(store.record_uri(VIDEO, 1))
+    with pytest.raises(FileExistsError):  # what _create relies on when two race past exists()
+        fs.pipe_file(path, b"{}", mode="create")
+    assert store.latest(VIDEO) == first
+    with pytest.raises(RevisionConflict):
+        _save(store, 0, shift=2)

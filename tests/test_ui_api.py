@@ -278,3 +278,19 @@ def test_review_config_refuses_relative_and_dotdot_uris():
             )
     with pytest.raises(ServeConfigError, match="live_source"):
         ServeConfig.from_args({"model": model, "review": {"sources": [], "live_source": "nope"}})
+
+
+def test_review_dir_on_the_command_line_is_the_pages_store(tmp_path, monkeypatch):
+    from _local_http import import_serve_app
+
+    import_serve_app()
+    from serve.app import resolve_args
+
+    monkeypatch.chdir(tmp_path)
+    config, _ = resolve_args({"insecure": "true", "review_dir": "out/review"})
+    assert [(s.name, s.uri) for s in config.review.sources] == [
+        ("local", str(tmp_path / "out/review"))
+    ]
+    assert config.review.live_source == "local"
+    plain, _ = resolve_args({"insecure": "true"})
+    assert plain.review.sources == [] and plain.review.live_source is None

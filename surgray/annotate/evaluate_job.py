@@ -32,8 +32,9 @@ from surgray.annotate.config import (
 from surgray.annotate.driver import JobPlan, JobSetupError, checkpoint_digest
 from surgray.annotate.eval_prompts import EvalItem, eval_items
 from surgray.annotate.logsafe import logger
-from surgray.annotate.outputs import OutputLayout, prepare_rerun, read_video_records
+from surgray.annotate.outputs import OutputLayout, prepare_rerun
 from surgray.annotate.provenance import canonical_json, sha256_text, video_provenance
+from surgray.annotate.revisions import read_latest_records
 from surgray.annotate.session import CLICKS_COLUMN, FRAME_COUNT_COLUMN
 from surgray.annotate.status import EXIT_ALL_FAILED, EXIT_INVALID_CONFIG, EXIT_OK
 from surgray.errors import one_line
@@ -188,7 +189,7 @@ def _predictions(layout: OutputLayout, items: list[EvalItem], non_overlap: bool)
     per_frame: dict[int, dict[int, tuple[float, np.ndarray]]] = {}
     for item in items:
         try:
-            records = read_video_records(layout, item.task.video_id)
+            records = read_latest_records(layout, item.task.video_id)  # reviewed, if any
         except FileNotFoundError:
             logger.warning("%s has no results; scored as empty", item.task.video_id)
             continue

@@ -103,9 +103,12 @@ class ParquetPredictions:
         missing = [c for c in PARQUET_COLUMNS if c not in schema.names]
         if missing:
             raise EvalInputError(f"{self.path}: Parquet predictions lack columns {missing}")
-        # partitioning=None: the annotate job writes hive-style video_id=<id> folders and
-        # also a video_id column; reading the folder names as a partition would clash.
-        table = pq.read_table(self.path, columns=list(PARQUET_COLUMNS), partitioning=None)
+        if (self.path / "masks").is_dir() and (self.path / "_done").is_dir():
+            table = _store_table(self.path)  # an annotate job's output prefix: latest revisions
+        else:
+            # partitioning=None: the annotate job writes hive-style video_id=<id> folders and
+            # also a video_id column; reading the folder names as a partition would clash.
+            table = pq.read_table(self.path, columns=list(PARQUET_COLUMNS), partitioning=None)
         self._rows: dict[str, dict[int, list[tuple[int, object, tuple[int, int]]]]] = {}
         columns = {name: table.column(name).to_pylist() for name in PARQUET_COLUMNS}
         for video, frame, obj, counts, size in zip(*(columns[c] for c in PARQUET_COLUMNS)):
@@ -160,6 +163,20 @@ class ParquetPredictions:
 
     def describe(self, video: str, frame: str) -> str:
         return f"{self.path} (video_id={video!r}, frame_idx={int(frame)})"
+
+
+def _store_table(root: Path):
+    """Every complete video of an annotation store, each from its latest reviewed revision
+    (`surgray.annotate.revisions`), as one table of the prediction columns."""
+    from surgray.annotate.outputs import OutputLayout
+    from surgray.annotate.revisions import read_latest_records
+    from surgray.io.exports import mask_table
+
+    layout = OutputLayout(str(root))
+    records = []
+    for marker in sorted((root / "_done").glob("*.json")):
+        records += read_latest_records(layout, marker.stem)
+    return mask_table(records).select(list(PARQUET_COLUMNS))
 
 
 def open_predictions(path: Path) -> PngPredictions | ParquetPredictions:
