@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,18 +86,23 @@ def build_dataset(
     per_step = config.batching.videos_per_step
     blocks = max(1, math.ceil(len(rows) / per_step))
     actors = max(1, min(config.actors.count, blocks))
-    # max_restarts=0: losses are re-run by `execute` (see the module docstring).
-    remote_args: dict[str, Any] = {"num_cpus": config.actors.num_cpus, "max_restarts": 0}
+    remote_args: dict[str, Any] = {"num_cpus": config.actors.num_cpus}
     if config.actors.num_gpus > 0:
         remote_args["num_gpus"] = config.actors.num_gpus
-    return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
-        SegmentAnnotator,
-        batch_size=per_step,
-        batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
-        fn_constructor_kwargs={"config": config, **(annotator_kwargs or {})},
-        **remote_args,
-    )
+    with warnings.catch_warnings():
+        # max_restarts=0: losses are re-run by `execute` (see the module docstring). Ray 2.60
+        # has no named parameter for it (its own docs say `map_batches(..., max_restarts=0)`)
+        # and calls every extra keyword deprecated; the notice says nothing to a user.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
+            SegmentAnnotator,
+            batch_size=per_step,
+            batch_format="pyarrow",
+            compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
+            fn_constructor_kwargs={"config": config, **(annotator_kwargs or {})},
+            max_restarts=0,
+            **remote_args,
+        )
 
 
 def execute(
