@@ -323,3 +323,27 @@ def test_a_video_of_frames_over_the_limit_is_refused_from_its_header(service):
     with pytest.raises(VideoFramesTooLarge) as caught:
         service.segment(wide, "video/mp4", SegmentRequest(expressions=["the grasper"]))
     assert caught.value.status == 413 and "320x64" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "body, what",
+    [
+        ({"expressions": [f"tool {n}" for n in range(17)]}, "17 expressions"),
+        ({"expressions": ["x" * 201]}, "a 201-character expression"),
+        ({"objects": [{"box": [1, 1, 9, 9]}] * 65}, "65 objects"),
+        ({"objects": [{"points": [[1, 1]] * 65, "point_labels": [1] * 65}]}, "65 points"),
+        ({"objects": [{"box": [1, 1, 9, 9], "label": "l" * 201}]}, "a 201-character label"),
+        ({"objects": [{"box": [1, 1, 9, 9]}] * 33}, "33 objects (limits.max_objects 32)"),
+        ({"objects": [{"mask": {"size": [4, 4], "counts": [16] * 5000}}]}, "runs over the size"),
+    ],
+)
+def test_counts_and_lengths_per_request_are_bounded(service, body, what):
+    from fastapi.testclient import TestClient
+
+    from surgray.serving.http_app import build_app
+
+    with TestClient(build_app(service, _open_checker())) as client:
+        response = client.post("/v1/sessions", json=body)
+    assert response.status_code in (413, 422), (what, response.text)
+    assert len(response.json()["message"]) < 2000, what
+    assert len(service.store) == 0
