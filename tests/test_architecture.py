@@ -19,6 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "surgray"
 # part of surgray (subpackage or top-level module) -> floor; lower floors know nothing above them
 FLOORS: dict[str, int] = {
     "errors": 0,
+    "job_requirements": 0,  # standard library only: jobs check their Python with it first
     "config": 1,
     "io": 2,
     "model": 2,
@@ -32,6 +33,15 @@ FLOORS: dict[str, int] = {
     "demo": 7,
     "cli": 8,
 }
+# A command's module (`cli.py`, `*_cli.py`) is an entry point, whatever package holds it: it
+# sits on the top floor with `surgray.cli`, which dispatches to it.
+ENTRY_POINT_FLOOR = FLOORS["cli"]
+
+
+def _floor_of(path: Path) -> int:
+    if path.stem == "cli" or path.stem.endswith("_cli"):
+        return ENTRY_POINT_FLOOR
+    return FLOORS.get(_part_of(path), -1)
 
 
 def _part_of(path: Path) -> str:
@@ -70,9 +80,9 @@ def test_every_part_has_a_floor():
 def test_imports_only_go_down_the_floors():
     upward = []
     for path in _python_files():
-        source = _part_of(path)
+        source, floor = _part_of(path), _floor_of(path)
         for line, target in _imported_parts(path):
-            if target != source and FLOORS.get(target, 99) >= FLOORS.get(source, -1):
+            if target != source and FLOORS.get(target, 99) >= floor and floor != ENTRY_POINT_FLOOR:
                 upward.append(f"{path.relative_to(PACKAGE.parent)}:{line} {source} -> {target}")
     assert upward == [], "imports that run up the floors:\n" + "\n".join(upward)
 
