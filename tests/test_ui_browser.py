@@ -156,6 +156,16 @@ def page(browser, base_url):
     assert not errors, errors
 
 
+def screenshot(page, path: Path) -> None:
+    """A 1280x800 screenshot, kept small (a 256-colour palette PNG)."""
+    from PIL import Image
+
+    page.screenshot(path=str(path))
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=256)
+    small.save(path, optimize=True)
+
+
 def sign_in(page) -> None:
     page.fill("#token", TOKEN)
     page.click("#sign-in")
@@ -221,7 +231,7 @@ def test_live_upload_text_click_correct_save_and_reload(page, stage, shots):
         o["latency_ms"] for o in answers[page.evaluate("window.surgray.lastSession")].values()
     ]
     print(f"\nserver latency per frame: median {np.median(latencies):.0f} ms")
-    page.screenshot(path=str(shots / "ui-live.png"))
+    screenshot(page, shots / "ui-live.png")
     objects = page.evaluate(
         "[...window.surgray.objects.values()].map(o => [o.obj_id, o.label, o.text])"
     )
@@ -315,7 +325,7 @@ def test_review_a_job_store_correct_save_and_export(page, stage, shots):
     # Scrub with the keyboard, then correct object 1 from frame 5 on.
     for _ in range(5):
         page.keyboard.press("ArrowRight")
-    page.screenshot(path=str(shots / "ui-review.png"))
+    screenshot(page, shots / "ui-review.png")
     page.click("#objects tbody tr[data-id='1']")
     mask = page.evaluate("window.surgray.masks[5][1] ? 1 : 0")
     assert mask == 1
@@ -325,7 +335,7 @@ def test_review_a_job_store_correct_save_and_export(page, stage, shots):
     page.wait_for_function(
         "document.getElementById('status').textContent.startsWith('Saved revision 1')"
     )
-    page.screenshot(path=str(shots / "ui-review-saved.png"))
+    screenshot(page, shots / "ui-review-saved.png")
     assert _digests(store) == before  # the job's parts, status and marker are untouched
     record = json.loads((store / "revisions" / "video_id=case-017" / "r-00001.json").read_text())
     assert record["parent"] == 0 and record["objects_changed"] == [1]

@@ -137,7 +137,7 @@ function draw() {
   drawMarks();
   $("scrub").max = String(n - 1); $("scrub").value = String(S.cur);
   const tracked = S.masks.filter((m) => m && Object.keys(m).length).length;
-  $("frame-label").textContent = `Frame ${S.cur + 1} / ${n}` + (tracked ? ` · masks on ${tracked}` : "");
+  $("frame-label").textContent = `Frame ${S.cur + 1} of ${n}` + (tracked ? ` · ${tracked} with masks` : "");
   renderObjects();
 }
 function drawMarks(drag) {
@@ -164,8 +164,9 @@ function renderObjects() {
   const rows = [];
   for (const o of S.objects.values()) {
     const m = masks[o.obj_id];
-    const score = m ? m.score.toFixed(2) : "–";
-    let state = m ? (m.state || (bitsOf(m).some((v) => v) ? "tracking" : "lost")) : (o.text ? "searching" : "–");
+    const visible = m && bitsOf(m).some((v) => v);
+    const score = visible ? m.score.toFixed(2) : "–";
+    const state = m ? (m.state || (visible ? "tracking" : "lost")) : (o.text ? "searching" : "–");
     rows.push(`<tr data-id="${o.obj_id}" class="${S.selected === o.obj_id ? "selected" : ""}">` +
       `<td><span class="swatch" style="background:${o.color}"></span> ${o.obj_id}</td>` +
       `<td><input class="name" data-id="${o.obj_id}" value="${escapeHtml(o.label || "")}" placeholder="name / category"></td>` +
@@ -467,7 +468,7 @@ function renderVideos() {
   }
   $("videos").querySelector("tbody").innerHTML = rows.map((r) => {
     const s = r.worst_object_score === null ? "–" : r.worst_object_score.toFixed(2);
-    return `<tr data-id="${escapeHtml(r.video_id)}" class="${r.video_id === R.videoId ? "open" : ""}"><td>${escapeHtml(r.video_id)}</td><td>${escapeHtml(r.status)}</td>` +
+    return `<tr data-id="${escapeHtml(r.video_id)}" class="${r.video_id === R.videoId ? "open" : ""}"><td title="${escapeHtml(r.video_id)}">${escapeHtml(r.video_id)}</td><td>${escapeHtml(r.status)}</td>` +
       `<td>${r.frames}</td><td>${r.objects}</td><td class="${r.worst_object_score !== null && r.worst_object_score < 0.5 ? "low" : ""}">${s}</td><td>${r.revision}</td></tr>`;
   }).join("") || `<tr><td colspan="6" class="small">No videos in this store yet.</td></tr>`;
 }
