@@ -305,9 +305,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="evaluate", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """`jobs/*.py` and `python -m`: the same as `surgray benchmark ...` (one-line errors, exit 2)."""
+    from surgray.cli import main as surgray_main
+
+    return surgray_main(["benchmark", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
