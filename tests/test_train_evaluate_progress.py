@@ -33,3 +33,12 @@ def test_evaluate_prints_a_progress_line_per_predictor_and_video(capsys):
     assert re.match(r".* model: 2/2 videos, \d+\.\d s/video, done$", model[-1]), model
     # The progress comes before the results it leads to.
     assert out.index(scoring[0]) < out.index("checkpoint, mask prompt")
+
+
+def test_training_shows_its_first_and_last_step_besides_every_log_every():
+    from surgray.train.progress import line_due
+
+    # A short run (--max-steps 7, log_every 25) used to print no progress line at all.
+    assert [s for s in range(1, 8) if line_due(s, 0, 7, 25)] == [1, 7]
+    # Resumed at step 10 of 60: at once, then every 25, then the last step.
+    assert [s for s in range(11, 61) if line_due(s, 10, 60, 25)] == [11, 25, 50, 60]

@@ -36,7 +36,13 @@ from surgray.train.clip_data import TrainingClip, TrainVideo, load_clip, open_vi
 from surgray.train.config import TrainConfig
 from surgray.train.losses import SAM2Loss, average_object_count
 from surgray.train.optim import apply_freeze, build_optimizer, build_scheduler, is_frozen
-from surgray.train.progress import LOSS_PARTS, progress_line, record_progress, show
+from surgray.train.progress import (
+    LOSS_PARTS,
+    line_due,
+    progress_line,
+    record_progress,
+    show,
+)
 from surgray.train.samplers import ClipSampler
 from surgray.train.step import ClipTrainer
 
@@ -246,7 +252,7 @@ class WorkerLoop:
         summary = LoopSummary(start_epoch=self.state.epoch, global_step=self.state.global_step)
         self._progress("start", epoch=self.state.epoch, resumed_from_epoch=self.state.epoch)
         started = time.monotonic()
-        global_step = self.state.global_step
+        global_step = first_step = self.state.global_step
         stop = self.should_stop(global_step, started)
         for epoch in range(self.state.epoch, schedule.epochs):
             if stop:
@@ -261,7 +267,8 @@ class WorkerLoop:
                 self._progress(
                     "step", epoch=epoch, step=step, global_step=global_step, loss=parts["total"]
                 )
-                if self.rank == 0 and (global_step % schedule.log_every == 0):
+                due = line_due(global_step, first_step, schedule.total_steps, schedule.log_every)
+                if self.rank == 0 and due:
                     lr = max(g["lr"] for g in self.optimizer.param_groups)
                     per_step = (time.monotonic() - epoch_start) / steps
                     show(progress_line(schedule, epoch, step, global_step, parts, lr, per_step))
@@ -313,11 +320,14 @@ class WorkerLoop:
         if self.valid_videos is None:
             self.valid_videos = open_videos(self.config.data, self.config.validation_split)
         section = self.config.validation
-        result = validate(self.valid_videos, self.model, section.max_videos, section.max_frames)
+        say = lambda text: show(f"[surgray train] validation {text}")  # noqa: E731
+        result = validate(
+            self.valid_videos, self.model, section.max_videos, section.max_frames, progress=say
+        )
         metrics = result.as_metrics()
         if section.text and can_refer(self.model):
             text = validate(
-                self.valid_videos, self.model, section.max_videos, section.max_frames, "text"
+                self.valid_videos, self.model, section.max_videos, section.max_frames, "text", say
             )
             metrics.update(text.as_metrics("val_text_"))
         return metrics

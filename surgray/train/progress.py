@@ -1,6 +1,7 @@
 """What a training worker shows while it runs: the progress line and the progress file.
 
-The progress line goes to the worker's stdout every `schedule.log_every` steps (rank 0 only);
+The progress line goes to the worker's stdout every `schedule.log_every` steps, on the first
+step and on the last (rank 0 only), and validation at an epoch's end writes a line per video;
 under Ray Train the driver prints it with the worker's pid. The progress file
 (`checkpoint.progress_file`, JSON lines) records start, step and epoch events of every rank,
 for tests and for tools that follow a run (the fault-tolerance test reads worker pids there).
@@ -51,6 +52,13 @@ def progress_line(
         f"({loss_terms(parts)}) lr {lr:.3g} {seconds_per_step:.2f} s/step "
         f"eta {format_duration(left)}"
     )
+
+
+def line_due(global_step: int, first_step: int, total_steps: int, log_every: int) -> bool:
+    """Whether step `global_step` (1-based, counted over the whole run) gets a progress line:
+    every `log_every` steps, and also the run's first step (so a run says at once that it is
+    training, how fast and for how long) and its last one (short runs, `--max-steps`)."""
+    return global_step % log_every == 0 or global_step in (first_step + 1, total_steps)
 
 
 def show(line: str) -> None:

@@ -279,10 +279,10 @@ def validate(
 
 
 def _video_line(predictor: str, done: int, total: int, started: float) -> str:
-    """`[surgray train --evaluate] model: 3/16 videos, 2.1 s/video, ETA 27s`."""
+    """`model: 3/16 videos, 2.1 s/video, ETA 27s` (the caller adds its prefix)."""
     per_video = (time.monotonic() - started) / max(done, 1)
     left = "done" if done >= total else f"ETA {format_duration(per_video * (total - done))}"
-    return f"{EVAL_PREFIX} {predictor}: {done}/{total} videos, {per_video:.1f} s/video, {left}"
+    return f"{predictor}: {done}/{total} videos, {per_video:.1f} s/video, {left}"
 
 
 def _kind(video: TrainVideo, obj_id: int) -> str | None:
@@ -333,9 +333,10 @@ def compare_with_baselines(
     if not can_refer(model):
         names.remove("text")
         names.remove("same_kind")
+    say = None if progress is None else (lambda text: progress(f"{EVAL_PREFIX} {text}"))
     results = {}
     for number, name in enumerate(names, start=1):
-        if progress is not None:
-            progress(f"{EVAL_PREFIX} scoring {name} ({number}/{len(names)})")
-        results[name] = validate(videos, model, max_videos, max_frames, name, progress)
+        if say is not None:
+            say(f"scoring {name} ({number}/{len(names)})")
+        results[name] = validate(videos, model, max_videos, max_frames, name, say)
     return results
