@@ -24,7 +24,8 @@ frames, the surgical protocol). Per option: J&F, its difference to fp32 in point
 pixel agreement of the masks with fp32's.
 
 An option belongs in the default fast mode only if it loses at most 0.5 J&F points and keeps
-at least 99% pixel agreement everywhere here (issue 26).
+at least 99% of all compared pixels equal to fp32's in every scenario here (issue 26; the
+worst single mask is reported too).
 
     .venv/bin/python benchmarks/bench_fast_mode.py                 # Hiera-T@512, 16 frames
     .venv/bin/python benchmarks/bench_fast_mode.py --quick         # micro@128, 10 frames
@@ -289,23 +290,35 @@ def fidelity_table(args, rows) -> str:
 def verdicts(stats: dict, fidelity_rows) -> str:
     """Which options pass the issue's fidelity limits everywhere measured."""
     rows = []
-    for option, s in stats.items():
+    measured = list(stats) or list(dict.fromkeys(r[1] for r in fidelity_rows))
+    for option in measured:
         if option == "fp32":
             continue
+        s = stats.get(option)
         fid = [r for r in fidelity_rows if r[1] == option]
         jf_loss = max((-float(r[3]) for r in fid), default=None)
-        worst = min([min(s["agree"])] + [float(r[4].rstrip("%")) / 100 for r in fid])
+        # "1% of pixels": the share of all compared pixels that differ, per scenario.
+        shares = ([statistics.mean(s["agree"])] if s else []) + [
+            float(r[5].rstrip("%")) / 100 for r in fid
+        ]
+        worst = min(shares)
         ok = (jf_loss is None or jf_loss <= MAX_JF_LOSS) and worst >= MIN_AGREEMENT
         rows.append(
             [
                 option,
-                f"{statistics.median(s['ratios']):.2f}x",
+                f"{statistics.median(s['ratios']):.2f}x" if s else "not measured",
                 "not measured" if jf_loss is None else f"{jf_loss:.2f}",
                 f"{100 * worst:.2f}%",
                 "yes" if ok else "no",
             ]
         )
-    header = ["option", "speed vs fp32", "largest J&F loss (points)", "worst agreement", "passes"]
+    header = [
+        "option",
+        "speed vs fp32",
+        "largest J&F loss (points)",
+        "lowest pixel agreement (all pixels of a scenario)",
+        "passes",
+    ]
     return print_table("Fast mode: options against the limits (0.5 points, 99%)", header, rows)
 
 
@@ -323,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-videos", type=int, default=16)
     parser.add_argument("--eval-frames", type=int, default=24)
     parser.add_argument("--skip-fidelity", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true", help="fidelity tables only")
     args = parser.parse_args(argv)
     if args.quick:
         args.variant, args.image_size, args.frames = "micro", 128, 10
@@ -338,8 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     pin_threads(args.threads)
     print(machine_line(args.threads), flush=True)
     started = time.monotonic()
-    stats, compile_s = speed_run(args, options)
-    speed_table(args, stats, compile_s)
+    stats, compile_s = ({}, None) if args.skip_speed else speed_run(args, options)
+    if stats:
+        speed_table(args, stats, compile_s)
     rows = [] if args.skip_fidelity else fidelity_run(args, options)
     if rows:
         fidelity_table(args, rows)

@@ -67,3 +67,56 @@ def test_memory_vs_length_quick_prints_a_table():
         assert int(cells[1]) > 0 and int(cells[2]) > 0  # peak RSS at 20 and 40 frames
     assert rows["surgray-recent"][5].endswith("KiB")  # the tracker's own state
     assert rows["sam2"][5] == "not measured"
+
+
+def run_script(script: str, *args: str, timeout: float = 420) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"{script} {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_fast_mode_quick_prints_speed_fidelity_and_verdicts():
+    out = run_script("bench_fast_mode.py", "--quick", "--options", "fp32,int8")
+    assert "### Fast mode speed: micro at 128px" in out
+    assert "### Fast mode fidelity: demo checkpoints" in out
+    rows = [line for line in out.splitlines() if line.startswith("| int8")]
+    assert len(rows) == 2  # the speed table's row and the verdict's
+    assert any(line.startswith("| referring.pt | int8") for line in out.splitlines())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_archive_throughput_quick_compares_the_reference_loop_with_the_job():
+    out = run_script("bench_archive_throughput.py", "--quick")
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] in ("reference", "exact", "fast"):
+            rows[cells[0]] = cells
+    assert set(rows) == {"reference", "exact", "fast"}
+    assert rows["reference"][1] == rows["exact"][1] == rows["fast"][1] == "36"  # 2 x 18 frames
+    # Exact mode gives the reference's masks (same pixels, same weights, no hole filling).
+    assert rows["exact"][-1].startswith("identical"), rows["exact"]
+    for cells in rows.values():
+        assert float(cells[3]) > 0 and int(cells[5]) > 0  # frames/s, peak RSS MB
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_gpu_check_dry_run_on_cpu_writes_its_results_file(tmp_path):
+    out_file = tmp_path / "gpu.md"
+    run_script("gpu_check.py", "--device", "cpu", "--quick", "--out", str(out_file))
+    text = out_file.read_text()
+    for section in ("## environment", "## parity", "## bf16", "## speed", "## scan"):
+        assert section in text
+    assert "| min_pixel_agreement | 1 |" in text  # CPU against CPU: the same numbers
+    assert "reference_single_fps" in text and "surgray_2_videos_fps" in text
+    assert '"error"' not in text
