@@ -115,6 +115,26 @@ def test_separate_text_encoder_refused_by_embedded_tower(tmp_path, quick_env):
     )
 
 
+@pytest.fixture(scope="module")
+def referring_without_text(tmp_path_factory) -> str:
+    """A micro ReSurgSAM2 checkpoint that names no CLIP folder and embeds no text tower."""
+    from surgray.model.referring import ReSurgSAM2
+    from surgray.model.referring_checkpoint import save_referring_checkpoint
+    from surgray.model.variants import get_variant
+
+    path = tmp_path_factory.mktemp("ckpt") / "referring_no_text.pt"
+    save_referring_checkpoint(ReSurgSAM2(get_variant("micro", image_size=128)), str(path))
+    return str(path)
+
+
+def test_text_prompts_need_a_text_encoder(tmp_path, quick_env, referring_without_text):
+    config = demo_config(tmp_path, checkpoint=referring_without_text)
+    expect_preflight_error(config, "model.text_encoder", "names none")
+    missing = tmp_path / "no-clip-folder"
+    config = demo_config(tmp_path, checkpoint=referring_without_text, text_encoder=str(missing))
+    expect_preflight_error(config, str(missing), "no such folder")
+
+
 def test_unwritable_output_prefix(tmp_path, quick_env):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
