@@ -5,7 +5,8 @@ Live: sign in, upload a demo clip, type an expression, click a point, wait for m
 that the canvas shows mask pixels exactly where the session API's answers put them, undo a
 click by keyboard, correct on frame 20 (re-tracked to the end of the 48-frame clip), save,
 reload, and find the revision. Review: a store written by the annotate job, worst-first list,
-a correction saved as a revision while the job's own files stay byte-identical, an export.
+a correction saved as a revision while the job's own files stay byte-identical, an export,
+and a second reviewer's save that makes this page's next save a visible conflict (409).
 
 Screenshots go to a temporary folder, or to $SURGRAY_UI_SCREENSHOTS (the README's come from
 `SURGRAY_UI_SCREENSHOTS=docs pytest tests/test_ui_browser.py`).
@@ -309,7 +310,7 @@ def _click_target(clip) -> tuple[float, float]:
     return float(x) + 0.5, float(y) + 0.5
 
 
-def test_review_a_job_store_correct_save_and_export(page, stage, shots):
+def test_review_a_job_store_correct_save_and_export(page, stage, shots, base_url):
     root, _ = stage
     store = root / "job-out"
     before = _digests(store)
@@ -348,3 +349,22 @@ def test_review_a_job_store_correct_save_and_export(page, stage, shots):
     payload = Path(download.value.path()).read_bytes()
     names = zipfile.ZipFile(io.BytesIO(payload)).namelist()
     assert len(names) == JOB_FRAMES and names[0] == "case-017/00000.png"
+
+    # A second reviewer saves revision 2 meanwhile; this page's next save (from revision 1)
+    # is refused with a conflict it shows, and nothing is overwritten.
+    import httpx
+
+    rle = page.evaluate("window.surgray.masks[6][1].rle")
+    other = {"source": "job", "video_id": "case-017", "parent": 1, "corrections": [
+        {"obj_id": 2, "from_frame": 6, "masks": [{"frame_idx": 6, "obj_id": 2, "rle": rle}]}]}  # fmt: skip
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    saved = httpx.post(f"{base_url}/ui/api/review/save", json=other, headers=headers, timeout=60)
+    assert saved.status_code == 201 and saved.json()["revision"] == 2
+    page.keyboard.press("ArrowLeft")
+    page.click("#objects tbody tr[data-id='1'] td:first-child")
+    click_image(page, SIZE * 0.25, SIZE * 0.25)
+    wait_tracked(page)
+    page.click("#save")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('Conflict')")
+    assert "revision 2 is the latest" in page.inner_text("#status")
+    assert not (store / "revisions" / "video_id=case-017" / "r-00003.json").exists()
