@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEPS = REPO / "build" / "gpu_deps"
 PURE_PYTHON_DEPS = ("sam2", "hydra", "omegaconf", "antlr4", "iopath", "portalocker")
-PYDANTIC_WHEELS = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection")
+PYDANTIC_WHEELS = ("pydantic",)  # with its dependencies: pydantic-core's matching version
 for _path in (REPO, REPO / "benchmarks", REPO / "tests"):
     sys.path.insert(0, str(_path))
 if DEPS.is_dir():
@@ -65,7 +65,7 @@ def stage_deps(python_version: str | None) -> None:
     if python_version:
         wheels = DEPS / "_wheels"
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+            [sys.executable, "-m", "pip", "download", "--only-binary=:all:",
              "--python-version", python_version, "--platform", "manylinux2014_x86_64",
              "-d", str(wheels), *PYDANTIC_WHEELS],
             check=True,
@@ -88,11 +88,37 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def simple_clip(size: int, frames: int, objects: int):
+    """A clip drawn with numpy alone (for machines without OpenCV, which the synthetic
+    generator needs): disks drifting over a smooth background; boxes around them on frame 0."""
+    import numpy as np
+
+    yy, xx = np.mgrid[0:size, 0:size]
+    clip = np.empty((frames, size, size, 3), np.uint8)
+    centres = [(0.3 + 0.2 * k, 0.4 + 0.15 * k) for k in range(objects)]
+    radius = size * 0.09
+    colours = [(220, 200, 60), (30, 200, 230), (200, 60, 180)]
+    for t in range(frames):
+        img = np.zeros((size, size, 3), np.float32)
+        img[..., 0] = 90 + 40 * np.sin(xx / (size / 9))
+        img[..., 1] = 50 + 30 * np.cos(yy / (size / 7))
+        img[..., 2] = 80
+        for k, (cx, cy) in enumerate(centres):
+            x, y = (cx + 0.004 * t) * size, cy * size
+            img[(xx - x) ** 2 + (yy - y) ** 2 < radius**2] = colours[k % len(colours)]
+        clip[t] = img.astype(np.uint8)
+    boxes = [
+        [cx * size - radius, cy * size - radius, cx * size + radius, cy * size + radius]
+        for cx, cy in centres
+    ]
+    return clip, boxes
+
+
 def scenario(args, variant: str, frames: int, objects: int = 1):
-    """(model config, random state dict, clip [T, S, S, 3], boxes) of the reference scenario."""
+    """(model config, random state dict, clip [T, S, S, 3], boxes) of the reference scenario
+    (the synthetic surgical clip; a numpy-drawn one where OpenCV is missing)."""
     import torch
     from common import bench_config
-    from runners import synthetic_workload
 
     from surgray.model.checkpoint import build_model
 
@@ -104,7 +130,12 @@ def scenario(args, variant: str, frames: int, objects: int = 1):
     except ImportError:
         torch.manual_seed(args.seed)
         state = build_model(cfg).state_dict()
-    clip, boxes = synthetic_workload(cfg, frames, objects, seed=0)
+    try:
+        from runners import synthetic_workload
+
+        clip, boxes = synthetic_workload(cfg, frames, objects, seed=0)
+    except ImportError:  # cv2
+        clip, boxes = simple_clip(cfg.image_size, frames, objects)
     return cfg, state, clip, boxes
 
 
