@@ -69,6 +69,7 @@ def server(tmp_path_factory, clip_file):
     root = tmp_path_factory.mktemp("stores")
     batch, live = root / "batch", root / "live"
     _store(batch, str(clip_file))
+    _store(root / "hashed", None)  # ids hashed for privacy: the store does not name the video
     config = ServeConfig.from_args(
         {
             "model": {"variant": "micro", "checkpoint": "demo:referring", "image_size": 128},
@@ -76,6 +77,7 @@ def server(tmp_path_factory, clip_file):
                 "sources": [
                     {"name": "batch", "uri": str(batch), "description": "a job's output"},
                     {"name": "live", "uri": str(live)},
+                    {"name": "hashed", "uri": str(root / "hashed"), "writable": False},
                 ],
                 "live_source": "live",
             },
@@ -122,7 +124,7 @@ def test_the_page_is_served_and_its_api_needs_the_token(server):
     assert denied.status_code == 401
     me = client.get("/ui/api/whoami").json()
     assert me["reviewer"].startswith("token-") and TOKEN not in json.dumps(me)
-    assert [s["name"] for s in me["sources"]] == ["batch", "live"] and me["text_prompts"]
+    assert [s["name"] for s in me["sources"]] == ["batch", "live", "hashed"] and me["text_prompts"]
     assert "uri" not in json.dumps(me["sources"])  # the page never sees a path
 
 
@@ -294,3 +296,17 @@ def test_review_dir_on_the_command_line_is_the_pages_store(tmp_path, monkeypatch
     assert config.review.live_source == "local"
     plain, _ = resolve_args({"insecure": "true"})
     assert plain.review.sources == [] and plain.review.live_source is None
+
+
+def test_a_store_without_source_videos_shows_masks_only_and_read_only_refuses_saves(server):
+    client, _, _ = server
+    params = {"source": "hashed", "video_id": VIDEO}
+    detail = client.get("/ui/api/review/video", params=params).json()
+    assert detail["has_frames"] is False and len(detail["masks"]) == FRAMES
+    frames = client.get("/ui/api/review/frames", params=params)
+    assert frames.status_code == 404 and frames.json()["error"] == "no_frames"
+    rle = detail["masks"]["0"][0]["rle"]
+    body = {"source": "hashed", "video_id": VIDEO, "parent": 0, "corrections": [
+        {"obj_id": 1, "from_frame": 0, "masks": [{"frame_idx": 0, "obj_id": 1, "rle": rle}]}]}  # fmt: skip
+    refused = client.post("/ui/api/review/save", json=body)
+    assert refused.status_code == 403 and "read-only" in refused.json()["message"]
