@@ -315,7 +315,7 @@ def test_unhashed_video_ids_must_be_safe(tmp_path):
 def test_config_yaml_errors_name_the_key(tmp_path):
     demo = Path(__file__).parents[1] / "configs" / "annotate_demo.yaml"
     config = AnnotateConfig.from_yaml(demo)
-    assert config.actors.num_cpus == 0.5 and config.exports == ("parquet", "overlay_mp4")
+    assert config.actors.num_cpus == 0.5 and config.exports == ("parquet", "davis", "overlay_mp4")
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         demo.read_text()
