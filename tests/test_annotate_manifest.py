@@ -319,7 +319,7 @@ def test_config_yaml_errors_name_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         demo.read_text()
-        .replace("  variant: tiny", "  varient: tiny")
+        .replace("  variant: micro", "  varient: micro")
         .replace("num_cpus: 0.5", "num_cpus: 0")
     )
     with pytest.raises(ConfigError) as caught:
