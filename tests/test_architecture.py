@@ -33,13 +33,20 @@ FLOORS: dict[str, int] = {
     "demo": 7,
     "cli": 8,
 }
-# A command's module (`cli.py`, `*_cli.py`) is an entry point, whatever package holds it: it
-# sits on the top floor with `surgray.cli`, which dispatches to it.
+# A command's module (one `surgray.cli.COMMANDS` dispatches to, or any `cli.py` / `*_cli.py`) is
+# an entry point, whatever package holds it: it sits on the top floor with `surgray.cli`.
 ENTRY_POINT_FLOOR = FLOORS["cli"]
 
 
+def _command_modules() -> set[str]:
+    from surgray.cli import COMMANDS
+
+    return {module for module, _ in COMMANDS.values()}
+
+
 def _floor_of(path: Path) -> int:
-    if path.stem == "cli" or path.stem.endswith("_cli"):
+    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if path.stem == "cli" or path.stem.endswith("_cli") or module in _command_modules():
         return ENTRY_POINT_FLOOR
     return FLOORS.get(_part_of(path), -1)
 
