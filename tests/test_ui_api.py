@@ -24,7 +24,7 @@ VIDEO = "case-1"
 FRAMES, SIZE = 6, 32
 
 
-def _store(root: Path, source_uri: str | None) -> None:
+def _store(root: Path, source_uri: str | None, video: str = VIDEO, low: float = 0.3) -> None:
     """A small store written by the annotate job's own writers."""
     from surgray.annotate.outputs import OutputLayout, SegmentWriter, finalize_video
     from surgray.annotate.provenance import Provenance
@@ -32,17 +32,17 @@ def _store(root: Path, source_uri: str | None) -> None:
     from surgray.io.records import MaskRecord
 
     layout = OutputLayout(str(root))
-    writer = SegmentWriter(layout, VIDEO, 0, rows_per_part=4).start()
+    writer = SegmentWriter(layout, video, 0, rows_per_part=4).start()
     for frame in range(FRAMES):
         masks = np.zeros((2, SIZE, SIZE), dtype=bool)
         masks[0, 4:12, frame : frame + 8] = True
         masks[1, 20:28, 10:20] = True
         writer.add(
-            MaskRecord.from_masks(VIDEO, frame, [1, 2], ["grasper", "tissue"], [0.9, 0.3], masks)
+            MaskRecord.from_masks(video, frame, [1, 2], ["grasper", "tissue"], [0.9, low], masks)
         )
-    result = SegmentResult(VIDEO, 0, 1, frames=FRAMES, object_ids=(1, 2), parts=writer.close())
+    result = SegmentResult(video, 0, 1, frames=FRAMES, object_ids=(1, 2), parts=writer.close())
     provenance = Provenance("0.1", "c" * 64, "k" * 64, "p" * 64, "{}")
-    finalize_video(layout, combine_segments(VIDEO, [result], provenance, source_uri=source_uri))
+    finalize_video(layout, combine_segments(video, [result], provenance, source_uri=source_uri))
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,7 @@ def server(tmp_path_factory, clip_file):
     root = tmp_path_factory.mktemp("stores")
     batch, live = root / "batch", root / "live"
     _store(batch, str(clip_file))
+    _store(batch, str(clip_file), video="a-confident-case", low=0.8)
     _store(root / "hashed", None)  # ids hashed for privacy: the store does not name the video
     config = ServeConfig.from_args(
         {
@@ -174,7 +175,8 @@ def test_review_save_is_a_revision_and_a_stale_save_gets_409(server):
     before = _digests(batch)
     listing = client.get("/ui/api/review/videos", params={"source": "batch"}).json()["videos"]
     assert [(v["video_id"], v["status"], v["frames"], v["objects"]) for v in listing] == [
-        (VIDEO, "done", FRAMES, 2)
+        (VIDEO, "done", FRAMES, 2),  # worst first, though its id sorts after the other's
+        ("a-confident-case", "done", FRAMES, 2),
     ]
     assert listing[0]["worst_object_score"] == pytest.approx(0.3)
     detail = client.get(
