@@ -176,13 +176,16 @@ def test_bad_saves_and_unknown_videos(tmp_path):
 
 
 def test_surgray_eval_reads_a_store_at_its_latest_revision(tmp_path):
-    from surgray.eval.sources import open_predictions
+    from surgray.annotate.revisions import store_mask_table
+    from surgray.eval.sources import EvalInputError, open_predictions
 
     layout = _batch_store(tmp_path)
-    before = open_predictions(tmp_path).load(VIDEO, "00004", (SIZE, SIZE))
+    with pytest.raises(EvalInputError, match="is an annotation store"):
+        open_predictions(tmp_path)  # eval alone does not know the store's format
+    before = open_predictions(tmp_path, store_mask_table).load(VIDEO, "00004", (SIZE, SIZE))
     assert np.array_equal(before[2], _mask(4, 2))  # the batch output, no revision yet
     _save(RevisionStore(layout), 0, shift=1)
-    after = open_predictions(tmp_path).load(VIDEO, "00004", (SIZE, SIZE))
+    after = open_predictions(tmp_path, store_mask_table).load(VIDEO, "00004", (SIZE, SIZE))
     assert np.array_equal(after[2], _mask(4, 2, shift=1)) and np.array_equal(after[1], _mask(4, 1))
     masks_only = open_predictions(tmp_path / "masks").load(VIDEO, "00004", (SIZE, SIZE))
     assert np.array_equal(masks_only[2], _mask(4, 2))  # the masks folder alone: the job's rows

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import re
 import secrets
 import threading
@@ -298,3 +299,16 @@ def read_latest_records(
         if revision is None:
             raise FileNotFoundError(str(exc)) from None
         raise
+
+
+def store_mask_table(root: str | os.PathLike[str]) -> Any:
+    """Every complete video of the annotation store at `root`, each from its latest reviewed
+    revision, as one Arrow table of mask rows (what `surgray eval` scores)."""
+    from surgray.io.exports import mask_table
+
+    layout = OutputLayout(os.fspath(root))
+    records: list[MaskRecord] = []
+    for name in sorted(layout.names_in("_done")):
+        if name.endswith(".json"):
+            records += read_latest_records(layout, name.removesuffix(".json"))
+    return mask_table(records)

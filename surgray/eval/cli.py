@@ -11,6 +11,7 @@ import math
 import os
 from pathlib import Path
 
+from surgray.annotate.revisions import store_mask_table
 from surgray.errors import UserError, one_line
 from surgray.eval.evaluate import ENDOVIS18_ID_GROUPS, EvalOptions, IdGroup, evaluate
 from surgray.eval.metrics import DAVIS_BOUNDARY_THRESHOLD
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             boundary_threshold=args.boundary_threshold,
             id_groups=groups,
         )
-        predictions = open_predictions(args.pred)
+        predictions = open_predictions(args.pred, read_store=store_mask_table)
         videos = video_inputs(args.gt, predictions, missing=args.missing, videos=args.videos)
         report = evaluate(videos, options)
     except ValueError as error:  # EvalInputError, MaskFormatError, bad options

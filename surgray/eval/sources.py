@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from surgray.eval.evaluate import Prediction, VideoInput
 
 MissingPolicy = Literal["error", "empty"]
 PARQUET_COLUMNS = ("video_id", "frame_idx", "obj_id", "rle_counts", "rle_size")
+# root of an annotation store -> its mask rows (an Arrow table), e.g.
+# `surgray.annotate.revisions.store_mask_table`
+StoreReader = Callable[[Path], Any]
 
 
 class EvalInputError(UserError, ValueError):
@@ -95,7 +98,7 @@ class PngPredictions:
 class ParquetPredictions:
     """RLE rows read from one Parquet file or a folder of them."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, read_store: StoreReader | None = None):
         import pyarrow.parquet as pq
 
         self.path = Path(path)
@@ -104,7 +107,13 @@ class ParquetPredictions:
         if missing:
             raise EvalInputError(f"{self.path}: Parquet predictions lack columns {missing}")
         if (self.path / "masks").is_dir() and (self.path / "_done").is_dir():
-            table = _store_table(self.path)  # an annotate job's output prefix: latest revisions
+            if read_store is None:
+                raise EvalInputError(
+                    f"{self.path} is an annotation store: score it with `surgray eval`, which "
+                    "reads each video's latest reviewed revision, or name its masks/ folder"
+                )
+            # An annotate job's output prefix: each video from its latest reviewed revision.
+            table = read_store(self.path).select(list(PARQUET_COLUMNS))
         else:
             # partitioning=None: the annotate job writes hive-style video_id=<id> folders and
             # also a video_id column; reading the folder names as a partition would clash.
@@ -165,21 +174,11 @@ class ParquetPredictions:
         return f"{self.path} (video_id={video!r}, frame_idx={int(frame)})"
 
 
-def _store_table(root: Path):
-    """Every complete video of an annotation store, each from its latest reviewed revision
-    (`surgray.annotate.revisions`), as one table of the prediction columns."""
-    from surgray.annotate.outputs import OutputLayout
-    from surgray.annotate.revisions import read_latest_records
-    from surgray.io.exports import mask_table
-
-    layout = OutputLayout(str(root))
-    records = []
-    for marker in sorted((root / "_done").glob("*.json")):
-        records += read_latest_records(layout, marker.stem)
-    return mask_table(records).select(list(PARQUET_COLUMNS))
-
-
-def open_predictions(path: Path) -> PngPredictions | ParquetPredictions:
+def open_predictions(
+    path: Path, read_store: StoreReader | None = None
+) -> PngPredictions | ParquetPredictions:
+    """The predictions at `path`: a folder of PNGs, Parquet files, or an annotation store,
+    which `read_store` reads (the store's format is the annotate job's, a floor above this)."""
     path = Path(path)
     if path.is_file():
         if path.suffix != ".parquet":
@@ -188,7 +187,7 @@ def open_predictions(path: Path) -> PngPredictions | ParquetPredictions:
     if not path.is_dir():
         raise EvalInputError(f"prediction folder or file not found: {path}")
     if any(path.rglob("*.parquet")):
-        return ParquetPredictions(path)
+        return ParquetPredictions(path, read_store)
     return PngPredictions(path)
 
 
