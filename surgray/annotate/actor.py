@@ -28,7 +28,7 @@ def _torch_threads(config: AnnotateConfig) -> int:
     if config.actors.torch_threads is not None:
         return config.actors.torch_threads
     # Ray sets OMP_NUM_THREADS from num_cpus, but a reused worker keeps the thread count of
-    # its first task, so the count is set explicitly (research/dependencies.md §2).
+    # its first task, so the count is set explicitly.
     return max(1, int(config.actors.num_cpus))
 
 

@@ -4,7 +4,7 @@ Surgical datasets spell the same instrument many ways ("Bipolar_Forceps", "Maryl
 Forceps_labels", "bipolar forceps"); every reader maps them onto the lower-case, space-separated
 names below so training and evaluation code compare categories as plain strings.
 
-Action and location ids follow Ref-EndoVis17/18 (research/methods.md §3.5): actions 1-13 (0 is
+Action and location ids follow Ref-EndoVis17/18 (ReSurgSAM2's benchmark): actions 1-13 (0 is
 used by Ref-EndoVis18 for tissue, which has no action) and locations 1-9 on a 3x3 grid counted
 from the bottom-left cell.
 """

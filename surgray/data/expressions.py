@@ -2,7 +2,7 @@
 
 Instruments read "<category> is|are <action>", with " on the <location>" appended when another
 object of the same category could be meant; tissue is referred to by its name alone
-(research/methods.md §3.5).
+(ReSurgSAM2's templates).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Ref-EndoVis17/18 (referring video object segmentation on EndoVis, research/methods.md §5.3).
+"""Ref-EndoVis17/18 (referring video object segmentation on EndoVis, from ReSurgSAM2).
 
     <root>/{train,valid}/JPEGImages/<video>/00000.png
                         /Annotations/<video>/00000.png   palette PNG, value = object id

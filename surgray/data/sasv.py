@@ -1,6 +1,6 @@
 """SA-SV masklets (SAM2S benchmark) and SA-V JSON annotations.
 
-The SA-SV release format is not published (research/methods.md §4.1, §5.5). We assume it
+The SA-SV release format is not published (SAM2S, arXiv 2511.16618, describes the data only). We assume it
 follows the SAM2 tooling it was built with, and accept either:
 
 1. the DAVIS/SA-V folder layout, <root>[/<split>]/JPEGImages/<video>/ with Annotations/<video>/

@@ -1,4 +1,4 @@
-"""ReSurgSAM2: SAM2 plus text-referred segmentation (stage 1 of research/methods.md §3).
+"""ReSurgSAM2: SAM2 plus text-referred segmentation (ReSurgSAM2, MICCAI 2025: its stage 1).
 
 `ReSurgSAM2` is a `SAM2Model` (so the tracker, the memory policies and the SAM2 checkpoints
 work unchanged) with these additions:

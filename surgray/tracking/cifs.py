@@ -1,6 +1,6 @@
 """Credible initial frame selection (CIFS) and the life cycle of a text-referred object.
 
-ReSurgSAM2 (research/methods.md §3.3) first *searches* for the object a text refers to: every
+ReSurgSAM2 (MICCAI 2025, its credible initial frame selection) first *searches* for the object a text refers to: every
 frame is segmented from the text alone (stage 1). A stage-1 prediction is a candidate when
 sigmoid(object score) > `score_threshold` (0.9) and its predicted IoU > `iou_threshold` (0.7).
 Candidates go into a window of `window` (5) entries, newest first:

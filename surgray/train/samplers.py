@@ -1,6 +1,6 @@
 """Which frames and objects make a training clip (indices only; loading is `clip_data`).
 
-Clip kinds, each a published recipe (research/methods.md):
+Clip kinds, each a published recipe (SAM2; ReSurgSAM2; SAM2S's DiveMem):
 
 - `sam2` (SAM2): `clip_length` frames at a random stride in [1, `max_stride`] from a random
   start; played backwards with `reverse_prob`. Objects: up to `max_objects` of those visible

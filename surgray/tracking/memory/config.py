@@ -1,6 +1,6 @@
 """Configs of the memory-bank policies: one pydantic model per policy, told apart by `name`.
 
-Defaults are the published settings (research/methods.md §1, §2.1, §3.4, §4.2). The shared
+Defaults are the published settings (SAM2, SurgSAM2, ReSurgSAM2 and SAM2S papers and code). The shared
 numbers must agree with the model's (`num_maskmem` with the checkpoint's `maskmem_tpos_enc`
 rows, `max_obj_ptrs` with its `max_obj_ptrs_in_encoder`); the tracker checks that.
 """
