@@ -44,7 +44,7 @@ def test_demo_checkpoint_loads_strictly_and_tracks_a_held_out_clip():
 
 REFERRING = REPO / "surgray" / "assets" / "demo" / "referring.pt"
 # The shipped text head scores held-out J&F 0.516 from text on the test split (the demo's target
-# is 0.50, see surgray/assets/demo/README.md) and 0.58 on this clip. One clip is too noisy for
+# is 0.50, see docs/demo-training.md) and 0.58 on this clip. One clip is too noisy for
 # the split-level target: this bound guards the text path end to end (an all-empty or
 # wrong-object answer scores near 0).
 TEXT_BOUND_ON_CLIP = 0.40

@@ -6,7 +6,7 @@ object from that map's tokens; finer maps reach the decoder only through its ups
 which never sees the text. At small image sizes the stride-16 map is a few cells wide (8 x 8 for
 the 128-px demo) and tells instrument categories apart poorly: a linear probe on mask-pooled
 features named 27% of instrument categories at stride 16 and 47% at stride 8
-(surgray/assets/demo/README.md). This head scores every stride-8 pixel against the fused text:
+(docs/demo-training.md). This head scores every stride-8 pixel against the fused text:
 
     bias = scale * <W_text t, pixel_mlp(s1)> / sqrt(E)
 

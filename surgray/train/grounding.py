@@ -12,7 +12,7 @@ cross-entropies name the category explicitly, on every stage-1 frame (context an
   whose category is not in the vocabulary are left out. Each class present on a frame weighs
   the same however many pixels it covers (background, tissue and a thin instrument alike):
   averaged per pixel, the background and the tissues drown the instruments, whose categories
-  are the ones hard to tell apart (runs 25-26 in surgray/assets/demo/README.md). Averaged over
+  are the ones hard to tell apart (runs 25-26 in docs/demo-training.md). Averaged over
   frames.
 
 Objects whose category is unknown or not in `ReferringConfig.grounding_categories` are skipped;
