@@ -248,10 +248,6 @@ class TextEncoder(nn.Module):
     def cache_info(self) -> CacheInfo:
         return CacheInfo(self._hits, self._misses, len(self._cache), self.cache_size)
 
-    def clear_cache(self) -> None:
-        self._cache.clear()
-        self._hits = self._misses = 0
-
     def _run(self, texts: list[str]) -> list[_Encoded]:
         device = next(self.model.parameters()).device
         full = self.tokenizer(texts, add_special_tokens=True)["input_ids"]

@@ -84,9 +84,6 @@ class TokenChecker:
         if not matched:
             raise AuthError("invalid API token", code="invalid_token")
 
-    def check_headers(self, headers: Mapping[str, str]) -> None:
-        self.check(headers.get("authorization"))
-
 
 def _tokens_from_file(path: str) -> list[str]:
     try:

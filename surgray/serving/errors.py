@@ -81,10 +81,6 @@ class TooManyRequests(ApiError):
     status, code = 429, "too_many_requests"
 
 
-class ServiceUnavailable(ApiError):
-    status, code = 503, "unavailable"
-
-
 def validation_message(errors: list[dict[str, Any]], limit: int = 5) -> str:
     """One line per pydantic error, each naming the field by its dotted path."""
     parts = []
