@@ -10,11 +10,13 @@ its section allows.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from surgray.errors import one_line
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 # A config is a few KiB; a bigger file is a mistake (a video, a checkpoint) and is not parsed.
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
@@ -86,3 +88,16 @@ def describe_validation_error(
             message = "required key is missing"
         lines.append(f"{dotted_path(loc)}: {message}")
     return f"{source}: invalid {kind} config:\n  " + "\n  ".join(lines)
+
+
+def validate_config(
+    model: type[ModelT], data: Any, *, source: str, kind: str, error: type[Exception]
+) -> ModelT:
+    """`model` validated from plain data, or `error` listing every problem by its dotted path
+    (the one format of every surgray config: annotate, benchmark, serve, training)."""
+    if not isinstance(data, dict):
+        raise error(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(describe_validation_error(exc, model, source, kind)) from None

@@ -13,9 +13,9 @@ import os
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from surgray.config import describe_validation_error, load_yaml_mapping
+from surgray.config import load_yaml_mapping, validate_config
 from surgray.errors import UserError
 
 # What a prefix listing takes as a video (compared case-insensitively: recorders write .MP4).
@@ -273,16 +273,7 @@ class AnnotateConfig(_Section):
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "config") -> AnnotateConfig:
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"{source}: expected a mapping of sections, got {type(data).__name__}"
-            )
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(
-                describe_validation_error(exc, AnnotateConfig, source, "annotate")
-            ) from None
+        return validate_config(cls, data, source=source, kind="annotate", error=ConfigError)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> AnnotateConfig:

@@ -19,7 +19,7 @@ import sys
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from surgray.annotate.config import (
     ActorsConfig,
@@ -80,16 +80,10 @@ class EvaluateConfig(_Section):
 
     @classmethod
     def from_yaml(cls, path: str) -> EvaluateConfig:
-        from surgray.config import load_yaml_mapping
+        from surgray.config import load_yaml_mapping, validate_config
 
         data = load_yaml_mapping(path, ConfigError)  # missing, folder, not UTF-8, not YAML
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            problems = "\n  ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-            )
-            raise ConfigError(f"{path}: invalid evaluate config:\n  {problems}") from None
+        return validate_config(cls, data, source=path, kind="benchmark", error=ConfigError)
 
     def annotate_config(self, dataset: DatasetSpec) -> AnnotateConfig:
         """The annotation settings the actors run with (inputs are unused there)."""

@@ -22,12 +22,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from surgray.config import describe_validation_error, load_yaml_mapping
+from surgray.config import load_yaml_mapping, validate_config
 from surgray.errors import UserError
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -179,16 +178,7 @@ class ServeConfig(_Section):
     @classmethod
     def from_args(cls, args: Any, *, source: str = "serve args") -> ServeConfig:
         """Validate the `args` mapping Ray Serve passes to the application builder."""
-        if not isinstance(args, dict):
-            raise ServeConfigError(
-                f"{source}: expected a mapping of sections, got {type(args).__name__}"
-            )
-        try:
-            return cls.model_validate(args)
-        except ValidationError as exc:
-            raise ServeConfigError(
-                describe_validation_error(exc, ServeConfig, source, "serve")
-            ) from None
+        return validate_config(cls, args, source=source, kind="serve", error=ServeConfigError)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], *, app_name: str | None = None) -> ServeConfig:

@@ -23,9 +23,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from surgray.config import describe_validation_error
+from surgray.config import validate_config
 from surgray.errors import UserError
 from surgray.model.referring import ReferringConfig
 from surgray.train.losses import LossConfig
@@ -284,13 +284,6 @@ def parse_train_config(data: Any, source: str = "config") -> TrainConfig:
     """A `TrainConfig` from plain data; every problem is listed as `section.key: message`."""
     if isinstance(data, TrainConfig):
         return data
-    if not isinstance(data, dict):
-        raise TrainConfigError(
-            f"{source}: expected a mapping of sections, got {type(data).__name__}"
-        )
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        raise TrainConfigError(
-            describe_validation_error(exc, TrainConfig, source, "training")
-        ) from None
+    return validate_config(
+        TrainConfig, data, source=source, kind="training", error=TrainConfigError
+    )
