@@ -448,9 +448,11 @@ async function loadSources() {
   await loadVideos();
 }
 async function loadVideos() {
-  if (!S.review.source) return;
+  const source = S.review.source;
+  if (!source) return;
   try {
-    const data = await api("GET", `/ui/api/review/videos?source=${encodeURIComponent(S.review.source)}`);
+    const data = await api("GET", `/ui/api/review/videos?source=${encodeURIComponent(source)}`);
+    if (source !== S.review.source) return; // another store was picked meanwhile
     S.review.rows = data.videos; renderVideos();
   } catch (e) { fail(e); }
 }
@@ -473,12 +475,13 @@ function renderVideos() {
   }).join("") || `<tr><td colspan="6" class="small">No videos in this store yet.</td></tr>`;
 }
 async function openVideo(videoId, revision, keepFrame) {
-  const R = S.review;
+  const R = S.review, ticket = (R.ticket = (R.ticket || 0) + 1);
   try {
     stopRun();
     status(`Opening ${videoId}…`);
     const q = `source=${encodeURIComponent(R.source)}&video_id=${encodeURIComponent(videoId)}` + (revision !== null && revision !== undefined ? `&revision=${revision}` : "");
     const d = await api("GET", `/ui/api/review/video?${q}`);
+    if (ticket !== R.ticket) return; // a later open wins
     const keep = keepFrame && R.videoId === videoId ? S.cur : 0;
     R.videoId = videoId; R.revision = d.revision; R.latest = d.latest_revision; R.fixes = new Map(); R.frames = d.frames;
     R.hasFrames = d.has_frames; R.detail = d;
@@ -490,6 +493,7 @@ async function openVideo(videoId, revision, keepFrame) {
           frames = frames.concat(chunk.frames);
           if (!chunk.frames.length) break;
         }
+        if (ticket !== R.ticket) return;
       } else {
         frames = blankFrames(d.frames, d.width, d.height);
       }
