@@ -1,0 +1,346 @@
+"""Archive scale (issue 23, item 5): what the annotate job's driver costs per video, and how
+long a job over N videos takes to track its first frame, for N = 1,000, 10,000, 100,000.
+
+    python benchmarks/bench_archive_scale.py                  # N = 1,000 / 10,000 / 100,000
+    python benchmarks/bench_archive_scale.py --quick          # N = 100 / 1,000
+    python benchmarks/bench_archive_scale.py --sizes 1000,5000
+
+Everything lives on a real S3 server (moto, on a free loopback port, started here): two real
+MP4 clips (synthetic, 64 px, 6 frames), a random-weight micro checkpoint, and for each N a
+JSONL manifest of N videos (N objects, copies of the two clips, since a manifest names each
+video once; one box prompt on frame 0, so no video needs probing). Per N, each phase in a fresh process:
+
+- plan: `prepare_job` over a fresh output prefix (manifest read, provenance, rerun check,
+  work rows): seconds, microseconds per video, the process's peak RSS;
+- first frame: `surgray annotate` as a user runs it (local Ray, 2 CPUs), from the command's
+  start until the first video's completion marker is on the store (a 6-frame clip, so this
+  is the first tracked frame plus 5 more and the video's finalization); then it is stopped;
+- rerun: `prepare_job` over a prefix that holds N complete videos (one real video's outputs,
+  written by the first-frame phase, copied under every id): seconds per video, and whether
+  any work would reach an actor (it must not).
+
+Cells that were not measured read 'not measured'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    add_repo_paths,
+    fmt,
+    fmt_mb,
+    machine_line,
+    peak_rss,
+    print_table,
+)
+
+add_repo_paths()
+
+SIZE = 64
+FRAMES = 6
+CLIPS = 2
+BUCKET = "archive"
+FIRST_FRAME_TIMEOUT_S = 900
+REGION = "us-west-2"
+PLAIN = dict(leave_and_return=False, occlusion=False, smoke=False, motion_blur=False)
+
+
+# ------------------------------------------------------------------ the store
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_moto() -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
+            return proc, url
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("moto server did not start") from None
+            time.sleep(0.2)
+
+
+def storage_options(endpoint: str) -> dict:
+    return {
+        "key": "bench",
+        "secret": "bench",
+        "endpoint_url": endpoint,
+        "client_kwargs": {"region_name": REGION},
+    }
+
+
+def filesystem(endpoint: str):
+    import s3fs
+
+    return s3fs.S3FileSystem(**storage_options(endpoint), skip_instance_cache=True)
+
+
+def config_dict(endpoint: str, manifest: str, out: str) -> dict:
+    return {
+        "inputs": {"manifest": manifest},
+        "output": {"prefix": out},
+        "storage": {"endpoint_url": endpoint, "region": REGION},
+        "model": {"variant": "micro", "checkpoint": f"s3://{BUCKET}/micro.pt", "image_size": SIZE},
+        "actors": {"count": 1, "num_cpus": 1, "torch_threads": 1},
+        "privacy": {"hash_video_ids": False},
+        "exports": ["parquet"],
+    }
+
+
+def setup_store(endpoint: str) -> None:
+    from surgray.data.synthetic import SyntheticClipConfig, generate_clip
+    from surgray.data.synthetic_writers import write_clip_video
+    from surgray.model.checkpoint import build_model, save_checkpoint
+
+    filesystem(endpoint).mkdir(BUCKET)
+    options = storage_options(endpoint)
+    for n in range(CLIPS):
+        cfg = SyntheticClipConfig(num_frames=FRAMES, height=SIZE, width=SIZE, **PLAIN)
+        write_clip_video(
+            generate_clip(cfg, seed=n), f"s3://{BUCKET}/clips/clip{n}.mp4", storage_options=options
+        )
+    save_checkpoint(
+        build_model("micro", image_size=SIZE), f"s3://{BUCKET}/micro.pt", storage_options=options
+    )
+
+
+def write_archive(endpoint: str, count: int) -> str:
+    """N video objects (copies of the clips: a manifest names each video once) and a JSONL
+    manifest of them; returns the manifest's URI."""
+    fs = filesystem(endpoint)
+    clips = [fs.cat_file(f"{BUCKET}/clips/clip{n}.mp4") for n in range(CLIPS)]
+    prompts = json.dumps({"objects": [{"obj_id": 1, "frame": 0, "box": [8, 8, 40, 40]}]})
+    lines, batch = [], {}
+    for n in range(count):
+        key = f"{BUCKET}/videos-{count}/case{n:06d}.mp4"
+        batch[key] = clips[n % CLIPS]
+        lines.append(
+            json.dumps({"video_uri": f"s3://{key}", "video_id": f"case{n:06d}", "prompts": prompts})
+        )
+        if len(batch) >= 2000:
+            fs.pipe(batch)
+            batch = {}
+    if batch:
+        fs.pipe(batch)
+    uri = f"s3://{BUCKET}/manifests/n{count}.jsonl"
+    fs.pipe_file(uri[5:], ("\n".join(lines) + "\n").encode())
+    return uri
+
+
+def clone_complete_video(endpoint: str, source_prefix: str, target_prefix: str, count: int) -> str:
+    """Copy the first complete video under `source_prefix` to every id case000000.. under
+    `target_prefix` (its marker, status and parts; ids substituted in the JSON files).
+    Returns the id that was copied."""
+    fs = filesystem(endpoint)
+    done = sorted(fs.ls(f"{source_prefix[5:]}/_done", detail=False))
+    source_id = done[0].rsplit("/", 1)[-1].removesuffix(".json")
+    root = source_prefix[5:]
+    files = {
+        "_done/{id}.json": f"{root}/_done/{source_id}.json",
+        "status/video_id={id}.json": f"{root}/status/video_id={source_id}.json",
+    }
+    for part in fs.ls(f"{root}/masks/video_id={source_id}", detail=False):
+        files["masks/video_id={id}/" + part.rsplit("/", 1)[-1]] = part
+    payloads = {pattern: fs.cat_file(path) for pattern, path in files.items()}
+    batch: dict[str, bytes] = {}
+    for n in range(count):
+        video_id = f"case{n:06d}"
+        for pattern, payload in payloads.items():
+            if pattern.endswith(".json"):
+                payload = payload.replace(source_id.encode(), video_id.encode())
+            batch[f"{target_prefix[5:]}/{pattern.format(id=video_id)}"] = payload
+        if len(batch) >= 2000:
+            fs.pipe(batch)
+            batch = {}
+    if batch:
+        fs.pipe(batch)
+    return source_id
+
+
+# ------------------------------------------------------------------ measured phases
+def worker(args: argparse.Namespace) -> None:
+    """One `prepare_job` in this fresh process: time, peak RSS, what it planned."""
+    from surgray.annotate.config import AnnotateConfig
+    from surgray.annotate.driver import prepare_job
+
+    config = AnnotateConfig.from_dict(json.loads(Path(args.config).read_text()))
+    started = time.perf_counter()
+    plan = prepare_job(config)
+    seconds = time.perf_counter() - started
+    result = {
+        "seconds": seconds,
+        "peak_rss": peak_rss(),
+        "rows": len(plan.rows),
+        "skipped": len(plan.skipped),
+    }
+    Path(args.result).write_text(json.dumps(result))
+
+
+def run_prepare(endpoint: str, manifest: str, out: str, work: Path, name: str) -> dict:
+    config = work / f"{name}.json"
+    config.write_text(json.dumps(config_dict(endpoint, manifest, out)))
+    result = work / f"{name}.result.json"
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", "--config", str(config), "--result", str(result)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return json.loads(result.read_text())
+
+
+def first_frame(endpoint: str, manifest: str, out: str, work: Path, name: str) -> float | None:
+    """Seconds from `surgray annotate`'s start to the first completion marker on the store."""
+    import yaml
+
+    config = work / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(config_dict(endpoint, manifest, out)))
+    temp = tempfile.mkdtemp(prefix="sgsc", dir="/tmp")
+    log = open(work / f"{name}.log", "wb")
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
+    started = time.monotonic()
+    job = subprocess.Popen(
+        [sys.executable, "-m", "surgray.cli", "annotate", "--config", str(config),
+         "--num-cpus", "2", "--ray-temp-dir", temp],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )  # fmt: skip
+    fs = filesystem(endpoint)
+    seconds = None
+    try:
+        while job.poll() is None and time.monotonic() - started < FIRST_FRAME_TIMEOUT_S:
+            fs.invalidate_cache()
+            try:
+                if fs.ls(f"{out[5:]}/_done", detail=False):
+                    seconds = time.monotonic() - started
+                    break
+            except FileNotFoundError:
+                pass
+            time.sleep(0.1)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(job.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                job.wait(timeout=20)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        log.close()
+    return seconds
+
+
+def measure(endpoint: str, count: int, work: Path) -> dict:
+    manifest = write_archive(endpoint, count)
+    fresh = f"s3://{BUCKET}/out/fresh-{count}"
+    plan = run_prepare(endpoint, manifest, fresh, work, f"plan-{count}")
+    started = f"s3://{BUCKET}/out/first-{count}"
+    first = first_frame(endpoint, manifest, started, work, f"first-{count}")
+    rerun = None
+    if first is not None:
+        complete = f"s3://{BUCKET}/out/complete-{count}"
+        clone_complete_video(endpoint, started, complete, count)
+        rerun = run_prepare(endpoint, manifest, complete, work, f"rerun-{count}")
+    return {"count": count, "plan": plan, "first_frame_s": first, "rerun": rerun}
+
+
+def _per_video(results: list[dict], index: int, seconds_of) -> float | None:
+    """Marginal seconds per video between the smallest archive and this one: the fixed costs
+    (imports, the checkpoint, Ray) cancel out."""
+    first, this = results[0], results[index]
+    a, b = seconds_of(first), seconds_of(this)
+    if index == 0 or a is None or b is None:
+        return None
+    return (b - a) / (this["count"] - first["count"])
+
+
+def table(results: list[dict]) -> str:
+    rows = []
+    base = results[0]["first_frame_s"] if results else None
+    for index, r in enumerate(results):
+        plan, rerun, first = r["plan"], r["rerun"], r["first_frame_s"]
+        plan_slope = _per_video(results, index, lambda x: x["plan"]["seconds"])
+        rerun_slope = _per_video(results, index, lambda x: x["rerun"] and x["rerun"]["seconds"])
+        rows.append(
+            [
+                f"{r['count']:,}",
+                fmt(plan["seconds"], " s", 2),
+                fmt(plan_slope and plan_slope * 1e6, " us", 0),
+                fmt_mb(plan["peak_rss"]),
+                fmt(first, " s", 1),
+                fmt(first / base if first and base else None, "x", 2),
+                fmt(rerun["seconds"] if rerun else None, " s", 2),
+                fmt(rerun_slope and rerun_slope * 1e3, " ms", 3),
+                "not measured"
+                if rerun is None
+                else f"{rerun['rows']} ({rerun['skipped']:,} skipped)",
+            ]
+        )
+    header = [
+        "videos", "plan", "plan per added video", "driver peak RSS (MB)", "first video done",
+        "vs smallest", "rerun check", "rerun per added video", "work rows on rerun",
+    ]  # fmt: skip
+    return print_table("Archive scale: the annotate driver on S3 (moto)", header, rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N = 100 and 1,000")
+    parser.add_argument("--sizes", default=None, help="comma-separated archive sizes")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return 0
+    sizes = [100, 1000] if args.quick else [1000, 10_000, 100_000]
+    if args.sizes:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # A stopped benchmark still stops what it started (the store, a running job).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    moto, endpoint = start_moto()
+    try:
+        setup_store(endpoint)
+        with tempfile.TemporaryDirectory(prefix="bench-scale") as work:
+            results = [measure(endpoint, n, Path(work)) for n in sizes]
+    finally:
+        moto.terminate()
+        moto.wait(timeout=30)
+    print(f"\n{machine_line(1)}; {FRAMES}-frame clips of {SIZE} px, one box prompt each")
+    table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
