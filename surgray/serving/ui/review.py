@@ -19,6 +19,7 @@ from typing import Any
 from surgray.annotate.logsafe import check_video_id
 from surgray.annotate.outputs import OutputLayout
 from surgray.annotate.revisions import RevisionError, RevisionStore
+from surgray.io.records import MaskRecord
 from surgray.serving.config import ReviewConfig, ReviewSource
 from surgray.serving.errors import ApiError, NotFound, Unprocessable
 from surgray.serving.ui.media import frames_from_zip, frames_zip, read_frames
@@ -157,14 +158,19 @@ def list_videos(layout: OutputLayout) -> list[dict[str, Any]]:
     return out
 
 
-def video_detail(layout: OutputLayout, video_id: str, revision: int | None) -> dict[str, Any]:
-    store = RevisionStore(layout)
+def _records_or_404(store: RevisionStore, video_id: str, revision: int | None) -> list[MaskRecord]:
+    """A revision's rows (the latest when `revision` is None), or 404 naming what is missing."""
     try:
-        records = store.records(video_id, revision)
+        return store.records(video_id, revision)
     except RevisionError as exc:
         raise NotFound(str(exc), code="unknown_revision") from None
     except FileNotFoundError:
         raise NotFound(f"video {video_id} has no results in this store") from None
+
+
+def video_detail(layout: OutputLayout, video_id: str, revision: int | None) -> dict[str, Any]:
+    store = RevisionStore(layout)
+    records = _records_or_404(store, video_id, revision)
     revisions = store.revisions(video_id)
     shown = revision if revision is not None else (revisions[-1].revision if revisions else 0)
     status = _read_json(layout, layout.status_uri(video_id)) or {}
@@ -243,18 +249,13 @@ def export(
 
     if fmt not in EXPORT_FORMATS:
         raise Unprocessable(f"unknown export format {fmt!r}; use one of {list(EXPORT_FORMATS)}")
-    detail_store = RevisionStore(layout)
-    try:
-        records = detail_store.records(video_id, revision)
-    except RevisionError as exc:
-        raise NotFound(str(exc), code="unknown_revision") from None
-    except FileNotFoundError:
-        raise NotFound(f"video {video_id} has no results in this store") from None
+    store = RevisionStore(layout)
+    records = _records_or_404(store, video_id, revision)
     if not records:
         raise NotFound(f"video {video_id} has no masks to export")
     status = _read_json(layout, layout.status_uri(video_id)) or {}
     frames = int(status.get("frames") or 0) or max(r.frame_idx for r in records) + 1
-    shown = revision if revision is not None else detail_store.latest_number(video_id)
+    shown = revision if revision is not None else store.latest_number(video_id)
     stem = f"{video_id}-r{shown}"
     with tempfile.TemporaryDirectory(prefix="surgray-export-") as temp:
         if fmt == "davis":
