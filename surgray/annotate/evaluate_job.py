@@ -265,24 +265,17 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     logging.getLogger("surgray").setLevel(logging.INFO)
-    try:
-        config = EvaluateConfig.from_yaml(args.config)
-    except ConfigError as exc:
-        print(f"evaluate: {one_line(exc)}", file=sys.stderr)
-        return EXIT_INVALID_CONFIG
     from surgray.annotate.preflight import check_evaluate_job
-    from surgray.errors import UserError
 
-    try:
-        check_evaluate_job(config)  # missing data, wrong checkpoint: one line, before Ray starts
-    except UserError as exc:
-        print(f"evaluate: {exc}", file=sys.stderr)
-        return EXIT_INVALID_CONFIG
+    # A bad config, missing data or a wrong checkpoint raise a UserError before Ray starts:
+    # `surgray.cli.main` prints it as one line, exit 2.
+    config = EvaluateConfig.from_yaml(args.config)
+    check_evaluate_job(config)
     started = connect_ray(args.ray_address, num_cpus=args.num_cpus, temp_dir=args.ray_temp_dir)
     try:
         reports = run_evaluation(config)
     except (JobSetupError, ValueError, OSError) as exc:
-        print(f"evaluate: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
+        print(f"surgray benchmark: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return EXIT_INVALID_CONFIG
     finally:
         if started:
