@@ -8,7 +8,7 @@ stays instant and needs neither torch nor Ray until a name is touched.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -42,29 +42,7 @@ _EXPORTS: dict[str, str] = {
     "UserError": "surgray.errors",
 }
 
-__all__ = [
-    "AnnotateConfig",
-    "CheckpointError",
-    "ImagePredictor",
-    "MaskRecord",
-    "ReferringConfig",
-    "ServeConfig",
-    "Tracker",
-    "UserError",
-    "VideoPredictor",
-    "VideoReader",
-    "build_model",
-    "build_resurgsam2",
-    "decode_rle",
-    "encode_rle",
-    "load_network",
-    "read_parquet",
-    "run_annotate",
-    "write_coco_video_json",
-    "write_davis",
-    "write_parquet",
-    "write_sav_json",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
@@ -78,27 +56,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *__all__])
-
-
-if TYPE_CHECKING:  # for type checkers and IDEs; never executed
-    from surgray.annotate.config import AnnotateConfig
-    from surgray.annotate.pipeline import run_annotate
-    from surgray.errors import UserError
-    from surgray.io.exports import (
-        read_parquet,
-        write_coco_video_json,
-        write_davis,
-        write_parquet,
-        write_sav_json,
-    )
-    from surgray.io.masks import decode_rle, encode_rle
-    from surgray.io.records import MaskRecord
-    from surgray.io.video import VideoReader
-    from surgray.model.checkpoint import CheckpointError, build_model
-    from surgray.model.image_predictor import ImagePredictor
-    from surgray.model.network_loading import load_network
-    from surgray.model.referring import ReferringConfig
-    from surgray.model.referring_checkpoint import build_resurgsam2
-    from surgray.serving.config import ServeConfig
-    from surgray.tracking.predictor import VideoPredictor
-    from surgray.tracking.tracker import Tracker

@@ -117,12 +117,6 @@ def test_public_api_is_listed_and_lazy():
     assert int(result.stdout.strip()) >= 10
 
 
-def test_public_api_names_one_table():
-    import surgray
-
-    assert sorted(surgray.__all__) == sorted(surgray._EXPORTS)
-
-
 def test_unknown_public_name_is_an_attribute_error():
     import surgray
 
