@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # outputs imports this module when a rerun starts
+if TYPE_CHECKING:  # outputs imports this module: the layout is named for types only
     from surgray.annotate.outputs import OutputLayout
 
 # export format -> suffix of a video's entry in exports/<format>/ (as OutputLayout.export_uri)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from surgray.annotate.logsafe import check_video_id, logger, video_label
+from surgray.annotate.output_scan import OutputScan, scan_outputs
 from surgray.annotate.provenance import Provenance
 from surgray.annotate.status import (  # noqa: F401  (re-exported: the job imports them here)
     EXIT_ALL_FAILED,
@@ -332,8 +333,6 @@ def prepare_rerun(layout: OutputLayout, provenances: Mapping[str, Provenance]) -
     One listing per output folder (`scan_outputs`) finds the videos the prefix holds anything
     of; the others are pending without a request each, so a fresh prefix costs a few LISTs
     however large the archive. The videos found are checked concurrently."""
-    from surgray.annotate.output_scan import scan_outputs
-
     layout.put_bytes(layout.summary_uri, json.dumps(running_summary(len(provenances))).encode())
     scan = scan_outputs(layout)
     found = [v for v in provenances if v in scan.present]
@@ -349,7 +348,9 @@ def prepare_rerun(layout: OutputLayout, provenances: Mapping[str, Provenance]) -
     return RerunPlan(pending, skipped)
 
 
-def _rerun_one(layout: OutputLayout, video_id: str, provenance: Provenance, scan: Any) -> bool:
+def _rerun_one(
+    layout: OutputLayout, video_id: str, provenance: Provenance, scan: OutputScan
+) -> bool:
     """True when the video is complete (skip it); else what it left is removed."""
     if video_id in scan.markers:
         state = check_complete(layout, video_id, provenance)
