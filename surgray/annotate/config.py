@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from surgray.config import load_yaml_mapping, validate_config
 from surgray.errors import UserError
+from surgray.io.storage import Storage
 
 # What a prefix listing takes as a video (compared case-insensitively: recorders write .MP4).
 DEFAULT_EXTENSIONS = (
@@ -113,6 +114,10 @@ class StorageConfig(_Section):
             options["anon"] = True
         options.update(self.options)
         return options
+
+    def build(self) -> Storage:
+        """The one storage object a job passes down with its URIs."""
+        return Storage(self.fsspec_options())
 
 
 class ModelSection(_Section):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -120,3 +121,33 @@ def local_target(
         fs.put_file(str(tmp), remote)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How to reach files: the fsspec options of the object store, built once at the edge.
+
+    A job builds one from its config's storage section (`StorageConfig.build()`) and passes it
+    down with the URIs it opens; plain paths and `file://` URIs ignore the options. It pickles
+    with its options, so Ray actors and tasks open the same store as the driver.
+    """
+
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def filesystem(self, uri: str | os.PathLike[str]) -> tuple[Any, str]:
+        """(fsspec filesystem, path inside it); a VideoError for an unknown scheme."""
+        return filesystem(uri, dict(self.options))
+
+    def open_for_read(
+        self, uri: str | os.PathLike[str], block_size: int = DEFAULT_BLOCK_SIZE
+    ) -> Any:
+        """A context manager yielding a seekable binary file; see `open_for_read`."""
+        return open_for_read(uri, dict(self.options), block_size)
+
+    def local_target(self, uri: str | os.PathLike[str], suffix: str = "") -> Any:
+        """A context manager yielding a local path moved or uploaded to `uri` on success."""
+        return local_target(uri, dict(self.options), suffix)
+
+
+LOCAL = Storage()
+"""Local files only (and object stores reachable with the environment's defaults)."""
