@@ -23,16 +23,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from surgray.config import validate_config
 from surgray.errors import UserError
-from surgray.model.referring import ReferringConfig
+from surgray.model.referring.resurgsam2 import ReferringConfig
 from surgray.train.losses import LossConfig
 from surgray.train.optim import OptimConfig
 from surgray.train.prompts import PromptSimConfig
 
 SourceKind = Literal["synthetic", "sasv", "ref_endovis", "davis"]
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 
 
 class TrainConfigError(UserError, ValueError):
@@ -61,8 +62,8 @@ class ModelSection(_Section):
     def _referring_fits(self) -> ModelSection:
         if self.referring is None:
             return self
-        from surgray.model.referring import check_referring_config
-        from surgray.model.variants import get_variant
+        from surgray.model.checkpoints.variants import get_variant
+        from surgray.model.referring.resurgsam2 import check_referring_config
 
         try:
             cfg = get_variant(self.variant, image_size=self.image_size, **self.overrides)
@@ -165,6 +166,15 @@ class ScalingSection(_Section):
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, else gloo
     bf16: bool = True  # autocast to bf16 on GPU (never on CPU)
     address: str | None = None  # Ray cluster to join; None: the current or a local one
+    # How Ray places the workers' resource bundles (ScalingConfig.placement_strategy): PACK
+    # fills a node first (Ray's default), SPREAD spreads over nodes when it can, STRICT_SPREAD
+    # puts every worker on its own node (and waits for nodes until there are enough).
+    placement_strategy: PlacementStrategy = "PACK"
+
+    @field_validator("placement_strategy", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
 
 class CheckpointSection(_Section):

@@ -77,6 +77,7 @@ def build_trainer(config: TrainConfig):
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
             resources_per_worker=resources,
+            placement_strategy=scaling.placement_strategy,
         ),
         torch_config=TorchConfig(backend=backend_of(config)),
         run_config=RunConfig(
