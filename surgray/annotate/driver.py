@@ -1,10 +1,16 @@
 """The driver's side of the annotation job, without Ray: plan the work, then collect results.
 
-    plan = prepare_job(config)            # tasks, probes, provenance, rerun reset, work rows
+    plan = prepare_job(config)            # tasks, provenance, rerun reset, one row per video
     collector = ResultCollector(plan)
     for row in results:                   # SegmentResult rows, in any order, as they finish
         collector.add(row)                # a video is finalized when its last segment arrives
     summary = collector.finish()
+
+The driver does no per-video I/O before the job starts beyond the rerun check's listings
+(`surgray.annotate.rerun`): probing, checking prompts against their video and cutting videos
+into segments run in the pipeline (`surgray.annotate.plan_stage`), so the first video is
+tracked while the rest of the archive is still being planned. The collector learns each
+video's segment count from its results, and what planning rejected from outcome rows.
 
 Videos are finalized while the job runs, not at its end: a crash of the driver then loses only
 the videos in flight, and a rerun skips every video whose completion marker was written.
@@ -17,7 +23,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -31,26 +36,24 @@ from surgray.annotate.outputs import (
     VideoStatus,
     combine_segments,
     finalize_video,
-    prepare_rerun,
     summarize,
     write_summary,
 )
-from surgray.annotate.plan import plan_work_items
+from surgray.annotate.plan_stage import PlanOutcome, outcome_of, video_row
 from surgray.annotate.preflight import check_model, check_output_writable
-from surgray.annotate.probe import ProbeResult, needs_probe, probe_task
 from surgray.annotate.provenance import (
     Provenance,
     checkpoint_sha256,
     config_hash,
     video_provenance,
 )
+from surgray.annotate.rerun import prepare_rerun
+from surgray.annotate.run_index import IndexWriter
 from surgray.errors import UserError
 from surgray.io.errors import VideoError
 from surgray.io.video_types import VideoInfo
 
 RATE_WINDOW_S = 60.0  # the progress log's frames/s is measured over this window
-PROBE_THREADS = 8  # probes wait on the store, not the CPU
-PROVENANCE_COLUMN = "provenance_json"  # added to each work row for the actor
 
 
 class JobSetupError(UserError, ValueError):
@@ -59,23 +62,26 @@ class JobSetupError(UserError, ValueError):
 
 @dataclass
 class JobPlan:
+    """What the driver hands to Ray. `rows` are either one row per pending video, planned in
+    the pipeline (`streamed`, the annotate job), or work items planned already (one per video
+    or segment, with `provenance_json`: the evaluation job)."""
+
     config: AnnotateConfig
     layout: OutputLayout
     tasks: dict[str, VideoTask]  # video id -> task, every video to be annotated now
     provenances: dict[str, Provenance]
-    infos: dict[str, VideoInfo]  # probe results of the videos that were probed
-    rows: list[dict[str, Any]]  # work items for Ray Data, with provenance_json
+    infos: dict[str, VideoInfo]  # probe results, where the driver has them (none when streamed)
+    rows: list[dict[str, Any]]  # video rows (streamed) or work items, for Ray Data
     skipped: tuple[str, ...] = ()  # complete from an earlier run
-    rejected: tuple[ManifestError, ...] = ()  # bad rows, prompts that do not fit their video
-    unreadable: tuple[VideoStatus, ...] = ()  # failed when probed, already finalized
+    rejected: tuple[ManifestError, ...] = ()  # bad rows (and, not streamed, unfit prompts)
+    unreadable: tuple[VideoStatus, ...] = ()  # failed when probed by the driver, finalized
     started: float = field(default_factory=time.monotonic)
+    streamed: bool = False  # rows are videos, planned by `surgray.annotate.plan_stage`
 
     @property
-    def segments(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for row in self.rows:
-            counts[row["video_id"]] = int(row["num_segments"])
-        return counts
+    def video_ids(self) -> list[str]:
+        """The videos handed to Ray, in row order, once each."""
+        return list(dict.fromkeys(str(row["video_id"]) for row in self.rows))
 
 
 def _load(config: AnnotateConfig, environ: Mapping[str, str] | None):
@@ -93,16 +99,6 @@ def checkpoint_digest(config: AnnotateConfig) -> str:
         return checkpoint_sha256(config.model.checkpoint, config.storage_options())
     except (OSError, VideoError) as exc:
         raise JobSetupError(f"model.checkpoint: {exc}") from exc
-
-
-def _probe_all(tasks: list[VideoTask], config: AnnotateConfig) -> dict[str, ProbeResult]:
-    storage = config.storage_options()
-    wanted = [t for t in tasks if needs_probe(t, config.segmenting.max_segment_frames)]
-    if not wanted:
-        return {}
-    with ThreadPoolExecutor(min(PROBE_THREADS, len(wanted))) as pool:
-        results = pool.map(lambda t: probe_task(t, storage, config.frames), wanted)
-        return {r.video_id: r for r in results}
 
 
 def prepare_job(config: AnnotateConfig, *, environ: Mapping[str, str] | None = None) -> JobPlan:
@@ -135,53 +131,30 @@ def prepare_job(config: AnnotateConfig, *, environ: Mapping[str, str] | None = N
         t.video_id: video_provenance(config_digest, digest, t.prompts) for t in loaded.tasks
     }
     rerun = prepare_rerun(layout, provenances)
-    pending = [t for t in loaded.tasks if t.video_id in set(rerun.pending)]
-    probes = _probe_all(pending, config)
-    rejected, unreadable, runnable = list(loaded.errors), [], []
-    hashed = config.privacy.hash_video_ids
-    for task in pending:
-        probe = probes.get(task.video_id)
-        if probe is None or probe.ok:
-            runnable.append(task)
-        elif probe.info is None:  # the video itself is unreadable: a failed video
-            status = VideoStatus(
-                video_id=task.video_id,
-                state="failed",
-                frames=0,
-                frames_skipped=0,
-                objects=0,
-                segments=0,
-                wall_s=0.0,
-                error="; ".join(e.reason for e in probe.errors),
-                provenance=provenances[task.video_id],
-                source_uri=None if hashed else task.video_uri,
-            )
-            unreadable.append(finalize_video(layout, status))
-        else:
-            rejected.extend(probe.errors)
-            for error in probe.errors:
-                logger.warning("input rejected: %s", error)
-    infos = {vid: p.info for vid, p in probes.items() if p.info is not None}
-    rows = plan_work_items(
-        runnable,
-        max_segment_frames=config.segmenting.max_segment_frames,
-        stride=config.frames.stride,
-        infos=infos,
-    )
-    for row in rows:
-        row[PROVENANCE_COLUMN] = json.dumps(provenances[row["video_id"]].as_dict())
+    pending = set(rerun.pending)
+    tasks = {t.video_id: t for t in loaded.tasks if t.video_id in pending}
     return JobPlan(
         config=config,
         layout=layout,
-        tasks={t.video_id: t for t in runnable},
+        tasks=tasks,
         provenances=provenances,
-        infos=infos,
-        rows=rows,
+        infos={},
+        rows=[video_row(task, provenances[vid]) for vid, task in tasks.items()],
         skipped=rerun.skipped,
-        rejected=tuple(rejected),
-        unreadable=tuple(unreadable),
+        rejected=tuple(loaded.errors),
         started=started,
+        streamed=True,
     )
+
+
+def local_work_rows(plan: JobPlan) -> list[dict[str, Any]]:
+    """The plan's work rows, planned in this process (tests and benchmarks that call the
+    annotator without Ray); outcome rows included. The job itself plans in the pipeline."""
+    from surgray.annotate.plan_stage import PlanSettings, plan_rows
+
+    if not plan.streamed:
+        return list(plan.rows)
+    return plan_rows(plan.rows, PlanSettings.from_config(plan.config))
 
 
 @dataclass(frozen=True)
@@ -207,36 +180,87 @@ class JobOutcome:
 
 
 class ResultCollector:
-    """Groups results by video, finalizes each video once all its segments are in, and logs
-    the job's progress (videos, frames, frames per second)."""
+    """Groups results by video, finalizes each video once all its segments are in, records
+    what planning rejected, and logs the job's progress (videos, frames, frames per second).
 
-    def __init__(self, plan: JobPlan, *, exporter: Any = None, log_level: int = logging.INFO):
+    A video's segment count comes with each of its results (`num_segments`), so the collector
+    needs no plan of the work items; `finished` holds the ids of the videos settled this run
+    (finalized or rejected), which is what a re-run after a lost actor leaves out."""
+
+    def __init__(
+        self,
+        plan: JobPlan,
+        *,
+        exporter: Any = None,
+        log_level: int = logging.INFO,
+        on_outcome: Any = None,
+        index: IndexWriter | None = None,
+    ):
         self.plan = plan
+        self.index = index  # this run's index of completed videos (`surgray.annotate.run_index`)
         self.exporter = exporter  # callable(plan, status) -> error text or None
+        self.on_outcome = on_outcome  # callable(PlanOutcome), told of each planning outcome
         self.log_level = log_level
-        self._expected = plan.segments
         self._pending: dict[str, list[SegmentResult]] = {}
         self.statuses: list[VideoStatus] = list(plan.unreadable)
+        self.rejected: list[ManifestError] = list(plan.rejected)
+        self.finished: set[str] = {s.video_id for s in plan.unreadable}
         self.frames_done = 0
         self._window: deque[tuple[float, int]] = deque([(time.monotonic(), 0)])
 
     @property
     def videos_total(self) -> int:
-        return len(self._expected) + len(self.plan.unreadable)
+        return len(self.plan.tasks) + len(self.plan.unreadable)
 
     def add(self, row: Mapping[str, Any]) -> VideoStatus | None:
+        """Take one result row; returns the video's status when this row finished it."""
+        video_id = str(row["video_id"])
+        if video_id not in self.plan.tasks or video_id in self.finished:
+            logger.warning("result for %s ignored: not pending in this run", video_label(video_id))
+            return None
+        outcome = outcome_of(row)
+        if outcome is not None:
+            return self._settle(outcome)
         result = SegmentResult.from_row(row)
         self.frames_done += result.frames
-        if result.video_id not in self._expected:
-            logger.warning("result for unplanned %s ignored", video_label(result.video_id))
-            return None
         group = self._pending.setdefault(result.video_id, [])
         group.append(result)
         status = None
-        if len(group) >= self._expected[result.video_id]:
+        if len(group) >= result.num_segments:
             status = self._finalize(result.video_id, self._pending.pop(result.video_id))
         self._log_progress()
         return status
+
+    def _settle(self, outcome: PlanOutcome) -> VideoStatus | None:
+        """Record what planning decided: rejected prompts, or an unreadable (failed) video."""
+        self.finished.add(outcome.video_id)
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+        if outcome.kind != "unreadable":
+            self.rejected.extend(outcome.errors)
+            for error in outcome.errors:
+                logger.warning("input rejected: %s", error)
+            return None
+        task = self.plan.tasks[outcome.video_id]
+        status = VideoStatus(
+            video_id=outcome.video_id,
+            state="failed",
+            frames=0,
+            frames_skipped=0,
+            objects=0,
+            segments=0,
+            wall_s=0.0,
+            error=outcome.reason,
+            provenance=self.plan.provenances[outcome.video_id],
+            source_uri=None if self.plan.config.privacy.hash_video_ids else task.video_uri,
+        )
+        status = finalize_video(self.plan.layout, status)
+        self.statuses.append(status)
+        return status
+
+    def forget_unfinished(self) -> None:
+        """Drop the results of videos not finished yet (their work runs again, whole)."""
+        self._pending.clear()
 
     def _finalize(self, video_id: str, results: list[SegmentResult]) -> VideoStatus:
         task = self.plan.tasks[video_id]
@@ -255,6 +279,9 @@ class ResultCollector:
                 status = replace(status, state="failed", error=f"export failed: {message}")
         status = finalize_video(self.plan.layout, status)
         self.statuses.append(status)
+        self.finished.add(video_id)
+        if status.state == "done" and self.index is not None:
+            self.index.add(video_id, self.plan.provenances[video_id])
         return status
 
     def current_fps(self) -> float:
@@ -283,20 +310,22 @@ class ResultCollector:
         for video_id, results in list(self._pending.items()):
             self._finalize(video_id, results)  # incomplete segments: combine marks it failed
         self._pending.clear()
-        finished = {s.video_id for s in self.statuses}
-        for video_id in self._expected:
-            if video_id not in finished:
+        for video_id in self.plan.tasks:
+            if video_id not in self.finished:
                 self._finalize(video_id, [])
+        if self.index is not None:
+            self.index.flush()
+        rejected = tuple(self.rejected)
         summary = summarize(
             self.statuses,
             skipped=len(self.plan.skipped),
-            rejected_rows=len(self.plan.rejected),
+            rejected_rows=len(rejected),
             wall_s=time.monotonic() - self.plan.started,
         )
         write_summary(self.plan.layout, summary)
-        write_rejections(self.plan.layout, self.plan.rejected)
+        write_rejections(self.plan.layout, rejected)
         logger.info("summary: %s", json.dumps(summary.as_dict()))
-        return JobOutcome(summary, tuple(self.statuses), self.plan.rejected, self.plan.skipped)
+        return JobOutcome(summary, tuple(self.statuses), rejected, self.plan.skipped)
 
 
 def write_rejections(layout: OutputLayout, rejected: tuple[ManifestError, ...]) -> None:

@@ -10,15 +10,28 @@ looked at one by one (`surgray.annotate.outputs.prepare_rerun`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # outputs imports this module: the layout is named for types only
     from surgray.annotate.outputs import OutputLayout
 
 # export format -> suffix of a video's entry in exports/<format>/ (as OutputLayout.export_uri)
 EXPORT_SUFFIXES = {"davis": "", "sav_json": ".json", "overlay_mp4": ".mp4"}
+
+Fingerprint = tuple[int, str]  # (size, ETag or mtime); "" when the store gives neither
+
+
+def fingerprint(info: Mapping[str, Any]) -> Fingerprint:
+    """A file's listing details reduced to what changes when it is rewritten: its size and
+    the store's content tag (S3's ETag, GCS's md5) or else its modification time."""
+    size = int(info.get("size") or 0)
+    for key in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "updated"):
+        value = info.get(key)
+        if value not in (None, ""):
+            return size, str(value)
+    return size, ""
 
 
 @dataclass(frozen=True)
@@ -27,6 +40,8 @@ class OutputScan:
 
     markers: frozenset[str]  # a completion marker exists (complete, unless it proves stale)
     present: frozenset[str]  # anything of the video exists: marker, status, parts or exports
+    statuses: frozenset[str] = frozenset()  # a status record exists
+    marker_prints: Mapping[str, Fingerprint] = field(default_factory=dict)  # from the listing
 
     def untouched(self, video_ids: Iterable[str]) -> list[str]:
         """The ids of `video_ids` with nothing under the prefix: pending, nothing to reset."""
@@ -42,10 +57,20 @@ def _strip(name: str, prefix: str = "", suffix: str = "") -> str | None:
 
 def scan_outputs(layout: OutputLayout) -> OutputScan:
     """List the layout's folders once each (see the module docstring)."""
-    markers = {v for n in layout.names_in("_done") if (v := _strip(n, suffix=".json"))}
-    present = set(markers)
-    present.update(v for n in layout.names_in("status") if (v := _strip(n, "video_id=", ".json")))
+    prints = {
+        v: fingerprint(info)
+        for n, info in layout.entries_in("_done").items()
+        if (v := _strip(n, suffix=".json"))
+    }
+    markers = set(prints)
+    statuses = {v for n in layout.names_in("status") if (v := _strip(n, "video_id=", ".json"))}
+    present = markers | statuses
     present.update(v for n in layout.names_in("masks") if (v := _strip(n, "video_id=")))
     for fmt, suffix in EXPORT_SUFFIXES.items():
         present.update(v for n in layout.names_in(f"exports/{fmt}") if (v := _strip(n, "", suffix)))
-    return OutputScan(markers=frozenset(markers), present=frozenset(present))
+    return OutputScan(
+        markers=frozenset(markers),
+        present=frozenset(present),
+        statuses=frozenset(statuses),
+        marker_prints=prints,
+    )

@@ -116,6 +116,33 @@ class OutputLayout:
             return []
         return [str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries]
 
+    def entries_in(self, folder: str, *, recursive: bool = False) -> dict[str, dict[str, Any]]:
+        """Path under `<prefix>/<folder>` -> the store's details (size, ETag or mtime) of
+        each file there; recursive: one flat LIST of every key below (per thousand keys on
+        object storage), not a walk folder by folder. Empty if the folder is missing."""
+        fs, path = self._fs(f"{self.prefix}/{folder}")
+        base = path.rstrip("/") + "/"
+        try:
+            if recursive:
+                found = fs.find(path, detail=True)
+            else:
+                found = {e["name"]: e for e in fs.ls(path, detail=True)}
+        except FileNotFoundError:
+            return {}
+        return {
+            str(name).removeprefix(base): info
+            for name, info in found.items()
+            if info.get("type") != "directory" and str(name).startswith(base)
+        }
+
+    def entry(self, uri: str) -> dict[str, Any] | None:
+        """The store's details of one file (one HEAD on object storage), None if missing."""
+        fs, path = self._fs(uri)
+        try:
+            return dict(fs.info(path))
+        except FileNotFoundError:
+            return None
+
     def part_names(self, video_id: str) -> list[str]:
         fs, path = self._fs(self.masks_dir(video_id))
         try:

@@ -1,13 +1,36 @@
-"""The annotation job on Ray Data: work-item rows -> an actor pool that tracks them -> results
-streamed back to the driver, which finalizes each video as its last segment arrives.
+"""The annotation job on Ray Data: video rows -> planning tasks -> an actor pool that tracks
+the planned work items -> results streamed back to the driver, which finalizes each video as
+its last segment arrives.
 
-    ray.data.from_items(rows)                   one row per video or segment
-      .map_batches(SegmentAnnotator,            each actor loads the model once
+    ray.data.from_items(video_rows)             one row per pending video, PLAN_VIDEOS per block
+      .map_batches(plan_batch,                  probe, check prompts, cut into segments
+                   compute=TaskPoolStrategy(PLAN_TASKS), num_cpus=0)
+      .repartition(target_num_rows_per_block=K) streaming: K work items per block
+      .map_batches(PlanningAnnotator,           each actor loads the model once
                    batch_size=K,                K = batching.videos_per_step, stepped together
-                   compute=ActorPoolStrategy(size=actors.count),
+                   compute=ActorPoolStrategy(size=actors.count,
+                                             max_tasks_in_flight_per_actor=1),
                    num_cpus=actors.num_cpus,    fractional: read tasks are never starved
                    num_gpus=actors.num_gpus)
       .iter_rows()                              SegmentResult rows, in completion order
+
+Planning is per video and runs in the pipeline (`surgray.annotate.plan_stage`), so the actors
+start tracking the first planned videos while later ones are still being probed: the time to
+the first tracked frame does not grow with the archive. Planning tasks ask for no CPU: they
+wait on the store (a probe reads a video's header), and a task that needs a CPU would starve
+behind actors that hold every CPU of a small cluster. Their number is capped instead.
+Work rows that are already planned (the evaluation job) skip the planning step.
+
+Bounded memory (issue 23, item 2): decoded frames never enter the object store. Each actor
+decodes its own videos' frames (`surgray.annotate.session`), one frame per video in its batch
+at a time, and runs one task at a time (`max_tasks_in_flight_per_actor=1`), so the frames in
+flight are at most actors x K, whatever the archive's size. What waits in the object store
+ahead of the pool are planned work rows (a few hundred bytes each), held back by Ray Data's
+backpressure: the planning operator stops launching tasks when its object-store budget is
+used (ResourceBudgetBackpressurePolicy, `DataContext.execution_options.resource_limits`) or
+when its queued output exceeds `DataContext.downstream_capacity_backpressure_ratio` (2.0 by
+default) times what the pool has in flight (DownstreamCapacityBackpressurePolicy); at most
+PLAN_TASKS planning tasks run at once.
 
 Every work item is its own block (K items per block when batching), so the pool hands them
 out one at a time and a long video does not hold others back.
@@ -15,8 +38,9 @@ out one at a time and a long video does not hold others back.
 Lost actors (a worker or a node gone) are not restarted by Ray: Ray Data 2.60 hands each
 pool actor its transform and context as object-store references, and Ray logs an error for
 every restartable actor built from such arguments (ray-project/ray#53727). Instead the driver
-runs the work items that never came back again, in a fresh pool (`LOSS_ATTEMPTS` runs in
-all): part files are named by segment, so a re-run segment replaces what the lost actor left. `map_batches` with a fixed
+runs the videos that were not finished again, whole, in a fresh pool (`LOSS_ATTEMPTS` runs in
+all): part files are named by segment, so a re-run segment replaces what the lost actor left,
+and the collector drops the results it held of those videos. `map_batches` with a fixed
 batch size serves both K = 1 and K > 1, with one Arrow schema for the results.
 Ray is imported here only, inside functions.
 """
@@ -35,7 +59,9 @@ from surgray.annotate.driver import JobOutcome, JobPlan, ResultCollector, prepar
 from surgray.annotate.logsafe import logger
 from surgray.annotate.progress import PREFIX
 
-LOSS_ATTEMPTS = 3  # runs of a work item whose actor was lost, the first one included
+LOSS_ATTEMPTS = 3  # runs of a video whose actor was lost, the first one included
+PLAN_VIDEOS = 8  # videos per planning task: small, so the first work item comes soon
+PLAN_TASKS = 4  # planning tasks at once (they wait on the store; see the docstring)
 
 
 def connect_ray(
@@ -75,27 +101,51 @@ def build_dataset(
     rows: list[dict[str, Any]],
     config: AnnotateConfig,
     annotator_kwargs: Mapping[str, Any] | None = None,
+    *,
+    streamed: bool = False,
 ) -> Any:
-    """The lazy Ray Dataset of results for `rows` (not started until iterated);
-    `annotator_kwargs` go to `SegmentAnnotator` besides the config."""
+    """The lazy Ray Dataset of results for `rows` (not started until iterated): video rows
+    planned in the pipeline when `streamed`, else work rows as they are. `annotator_kwargs` go
+    to the annotator besides the config."""
     import ray
-    from ray.data import ActorPoolStrategy
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     from surgray.annotate.actor import SegmentAnnotator
+    from surgray.annotate.plan_stage import PlanSettings, plan_batch
+    from surgray.annotate.planning_annotator import PlanningAnnotator
 
     per_step = config.batching.videos_per_step
-    blocks = max(1, math.ceil(len(rows) / per_step))
-    actors = max(1, min(config.actors.count, blocks))
+    actors = max(1, min(config.actors.count, math.ceil(len(rows) / per_step)))
     remote_args: dict[str, Any] = {"num_cpus": config.actors.num_cpus}
     if config.actors.num_gpus > 0:
         remote_args["num_gpus"] = config.actors.num_gpus
+    if streamed:
+        settings = PlanSettings.from_config(config)
+        blocks = max(1, math.ceil(len(rows) / PLAN_VIDEOS))
+        dataset = (
+            ray.data.from_items(rows, override_num_blocks=blocks)
+            .map_batches(
+                plan_batch,
+                batch_size=None,
+                batch_format="pyarrow",
+                fn_kwargs={"settings": settings},
+                compute=TaskPoolStrategy(size=min(PLAN_TASKS, blocks)),
+                num_cpus=0,
+            )
+            .repartition(target_num_rows_per_block=per_step)
+        )
+        annotator: type = PlanningAnnotator
+    else:
+        blocks = max(1, math.ceil(len(rows) / per_step))
+        dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+        annotator = SegmentAnnotator
     with warnings.catch_warnings():
         # max_restarts=0: losses are re-run by `execute` (see the module docstring). Ray 2.60
         # has no named parameter for it (its own docs say `map_batches(..., max_restarts=0)`)
         # and calls every extra keyword deprecated; the notice says nothing to a user.
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
-            SegmentAnnotator,
+        return dataset.map_batches(
+            annotator,
             batch_size=per_step,
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
@@ -118,29 +168,33 @@ def execute(
     bars only with `progress_bars`."""
     from surgray.annotate.progress import VideoProgress
     from surgray.annotate.progress import progress_bars as ray_data_bars
+    from surgray.annotate.run_index import IndexWriter
     from surgray.annotate.video_exports import export_video
 
     # The per-result log line of the collector goes to DEBUG: the progress line says it better.
-    collector = ResultCollector(
-        plan, exporter=export_video if exports else None, log_level=logging.DEBUG
-    )
     progress = VideoProgress.for_plan(plan)
+    collector = ResultCollector(
+        plan,
+        exporter=export_video if exports else None,
+        log_level=logging.DEBUG,
+        on_outcome=lambda outcome: progress.drop(outcome.video_id, outcome.kind),
+        index=IndexWriter(plan.layout),
+    )
     logger.info(
-        "annotating %d videos in %d work items (%d complete from earlier runs, %d inputs rejected)",
+        "annotating %d videos (%d complete from earlier runs, %d inputs rejected)",
         len(plan.tasks),
-        len(plan.rows),
         len(plan.skipped),
         len(plan.rejected),
     )
     if not plan.rows:
         return collector.finish()
     progress.start(skipped=len(plan.skipped))
-    pending, returned = list(plan.rows), set()
+    pending = list(plan.rows)
     with ray_data_bars(progress_bars):
         for attempt in range(1, LOSS_ATTEMPTS + 1):
+            dataset = build_dataset(pending, plan.config, annotator_kwargs, streamed=plan.streamed)
             try:
-                for row in build_dataset(pending, plan.config, annotator_kwargs).iter_rows():
-                    returned.add(_work_key(row))
+                for row in dataset.iter_rows():
                     status = collector.add(row)
                     if status is not None:
                         progress.video_done(
@@ -148,24 +202,21 @@ def execute(
                         )
                 break
             except _loss_errors() as exc:
-                pending = [r for r in pending if _work_key(r) not in returned]
+                collector.forget_unfinished()
+                pending = [r for r in pending if str(r["video_id"]) not in collector.finished]
+                videos = len({str(r["video_id"]) for r in pending})
                 if attempt == LOSS_ATTEMPTS:  # their videos are marked failed by finish()
                     progress.write(
                         f"{PREFIX} lost an actor again ({type(exc).__name__}); "
-                        f"{len(pending)} work items are given up after {attempt} runs"
+                        f"{videos} unfinished videos are given up after {attempt} runs"
                     )
                     break
                 progress.write(
                     f"{PREFIX} lost an actor ({type(exc).__name__}); "
-                    f"running the {len(pending)} unfinished work items again "
+                    f"running the {videos} unfinished videos again "
                     f"(run {attempt + 1} of at most {LOSS_ATTEMPTS})"
                 )
     return collector.finish()
-
-
-def _work_key(row: Mapping[str, Any]) -> tuple[str, int]:
-    """A work item (and its result row): (video id, segment index)."""
-    return str(row["video_id"]), int(row["segment_index"])
 
 
 def _loss_errors() -> tuple[type[BaseException], ...]:

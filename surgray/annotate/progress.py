@@ -55,10 +55,18 @@ class VideoProgress:
 
     @classmethod
     def for_plan(cls, plan: Any, **kwargs: Any) -> VideoProgress:
-        """Progress over the videos a `JobPlan` hands to Ray (probe frame counts as weights;
-        videos found unreadable while planning are finished already and not counted)."""
+        """Progress over the videos a `JobPlan` hands to Ray (probe frame counts as weights
+        where the driver has them; videos found unreadable by the driver are finished already
+        and not counted)."""
         counts = {v: info.frame_count for v, info in plan.infos.items() if info is not None}
-        return cls(list(plan.segments), frame_counts=counts, **kwargs)
+        return cls(plan.video_ids, frame_counts=counts, **kwargs)
+
+    def drop(self, video_id: str, kind: str) -> None:
+        """Planning in the pipeline settled `video_id` without work: a rejected video leaves
+        the count; an unreadable one is counted when its failed status arrives."""
+        if kind == "rejected":
+            self.total = max(self.done, self.total - 1)
+            self._weight_total = max(self._weight_total - self._weights.pop(video_id, 0.0), 1.0)
 
     def start(self, skipped: int = 0) -> None:
         self.started = self.clock()
