@@ -132,11 +132,11 @@ def flop_counts(args: argparse.Namespace) -> list[list[str]]:
         counter = FlopCounterMode(display=False)
         with counter:
             next(frames)
-        by_module = counter.get_flop_counts()
+        by_module = counter.get_flop_counts()  # keyed by module class path: both say ImageEncoder
         trunk = sum(
             sum(ops.values())
             for mod, ops in by_module.items()
-            if mod.endswith("image_encoder.trunk")
+            if mod.endswith("ImageEncoder.trunk")
         )
         rows.append([name, gflop(counter.get_total_flops()), gflop(trunk), "not counted"])
     return rows
