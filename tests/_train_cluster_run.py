@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -179,9 +180,16 @@ def main() -> int:
         report["cluster_start_s"] = time.monotonic() - began
         report["train"] = run(args.config, cluster, workdir)
     finally:
-        Path(args.report).write_text(json.dumps(report, indent=1))
-        ray.shutdown()
-        cluster.shutdown()
+        try:
+            ray.shutdown()
+            cluster.shutdown()
+        finally:
+            # The nodes' logs stay for a failed run (their folder is in the report).
+            if report.get("train", {}).get("exit") == 0:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+            else:
+                report["ray_logs"] = temp_dir
+            Path(args.report).write_text(json.dumps(report, indent=1))
     return 0
 
 
