@@ -51,6 +51,16 @@ def test_placement_strategy_is_validated_and_reaches_ray_train():
     assert "STRICT_SPREAD" in str(caught.value)  # the message lists what is allowed
 
 
+def test_a_bad_placement_strategy_is_one_line_exit_2(capsys):
+    from surgray import cli
+
+    argv = ["train", "--config", str(REPO / "configs" / "train_demo.yaml"), "--check-only",
+            "--set", "scaling.placement_strategy=EVERYWHERE"]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "scaling.placement_strategy" in err, err
+
+
 def _config(work: Path) -> dict:
     return {
         "model": {"variant": "micro", "image_size": 64},
