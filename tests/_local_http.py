@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +13,10 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # scripts the tests start import this module too
+    sys.path.insert(0, str(REPO))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from devtools.loopback import free_port  # noqa: E402, F401  (the tests import it from here)
 
 
 def import_serve_app() -> None:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass
 
 import pytest
@@ -17,10 +14,12 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Tests import shared helpers (sam2_reference) as top-level modules.
+# Tests import their own helpers (_local_http, ...) as top-level modules, and the helpers they
+# share with the benchmarks from `devtools` at the repository root.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)
 
-from _local_http import free_port  # noqa: E402  (found through the path entry above)
+from devtools.loopback import start_moto, stop_process  # noqa: E402  (the path entries above)
 
 
 @pytest.fixture(scope="module")
@@ -66,23 +65,7 @@ class S3Server:
 @pytest.fixture(scope="session")
 def s3_server():
     """A moto S3 server from this venv, on a free loopback port, for the whole session."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto server did not start") from None
-            time.sleep(0.2)
+    proc, url = start_moto()
     server = S3Server(endpoint_url=url)
     env_keys = {
         "AWS_ACCESS_KEY_ID": server.key,
@@ -100,11 +83,7 @@ def s3_server():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout_s=10)
 
 
 @dataclass(frozen=True)
