@@ -150,7 +150,7 @@ def model_checkpoint(folder: Path, args: argparse.Namespace) -> tuple[str, bool]
         return args.checkpoint, False
     import torch
 
-    from surgray.model.checkpoint import build_model, save_checkpoint
+    from surgray.model.checkpoints.sam2_checkpoint import build_model, save_checkpoint
 
     torch.manual_seed(0)
     path = folder / f"random_{args.variant}_{args.image_size}.pt"

@@ -115,7 +115,7 @@ def config_dict(endpoint: str, manifest: str, out: str) -> dict:
 def setup_store(endpoint: str) -> None:
     from surgray.data.synthetic import SyntheticClipConfig, generate_clip
     from surgray.data.synthetic_writers import write_clip_video
-    from surgray.model.checkpoint import build_model, save_checkpoint
+    from surgray.model.checkpoints.sam2_checkpoint import build_model, save_checkpoint
 
     filesystem(endpoint).mkdir(BUCKET)
     options = storage_options(endpoint)

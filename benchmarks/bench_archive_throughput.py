@@ -61,7 +61,7 @@ IDENTICAL = 0.999
 
 # ------------------------------------------------------------------ the archive
 def model_config(args):
-    from surgray.model.variants import get_variant, micro_config
+    from surgray.model.checkpoints.variants import get_variant, micro_config
 
     if args.variant == "micro":
         return micro_config(args.image_size)
@@ -75,7 +75,7 @@ def prepare(folder: Path, args) -> None:
 
     from surgray.data.synthetic import SyntheticClipConfig, generate_clip
     from surgray.data.synthetic_writers import write_clip_video
-    from surgray.model.checkpoint import build_model, save_checkpoint
+    from surgray.model.checkpoints.sam2_checkpoint import build_model, save_checkpoint
 
     (folder / "videos").mkdir(parents=True)
     rows = []
@@ -124,7 +124,7 @@ def reference_worker(folder: Path, out: Path) -> dict:
     from pycocotools import mask as mask_utils
     from sam2_reference import build_reference
 
-    from surgray.model.config import ModelConfig
+    from surgray.model.sam2.config import ModelConfig
 
     cfg = ModelConfig.model_validate_json((folder / "config.json").read_text())
     predictor = build_reference(cfg, video=True)
@@ -168,7 +168,7 @@ def surgray_worker(folder: Path, out: Path, precision: str, threads: int) -> dic
     from surgray.annotate.actor import SegmentAnnotator
     from surgray.annotate.config import AnnotateConfig
     from surgray.annotate.driver import prepare_job
-    from surgray.model.config import ModelConfig
+    from surgray.model.sam2.config import ModelConfig
 
     cfg = ModelConfig.model_validate_json((folder / "config.json").read_text())
     variant = "micro" if cfg.image_encoder.trunk.embed_dim < 96 else "sam2.1_hiera_tiny"

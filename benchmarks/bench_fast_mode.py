@@ -104,7 +104,7 @@ def agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 def speed_run(args, options: list[str]) -> tuple[dict, float | None]:
     from runners import Workload, random_weights, synthetic_workload
 
-    from surgray.model.checkpoint import build_model
+    from surgray.model.checkpoints.sam2_checkpoint import build_model
     from surgray.tracking.tracker import Tracker
 
     cfg = bench_config(args.variant, args.image_size)

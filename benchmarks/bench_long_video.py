@@ -57,8 +57,8 @@ def worker(policy: str, frames: int, size: int) -> dict:
     import torch
     from sam2_reference import randomize_
 
-    from surgray.model.sam2 import SAM2Model
-    from surgray.model.variants import micro_config
+    from surgray.model.checkpoints.variants import micro_config
+    from surgray.model.sam2.network import SAM2Model
     from surgray.tracking.tracker import Tracker
 
     torch.set_num_threads(1)

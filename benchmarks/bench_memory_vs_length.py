@@ -53,7 +53,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     from runners import Workload, build_runner
 
-    from surgray.model.config import ModelConfig
+    from surgray.model.sam2.config import ModelConfig
 
     pin_threads(args.threads)
     torch.set_grad_enabled(False)

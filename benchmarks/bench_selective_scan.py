@@ -21,7 +21,7 @@ import time
 import torch
 from torch.nn import functional as F
 
-from surgray.model.selective_scan import (
+from surgray.model.referring.selective_scan import (
     fused_kernel_available,
     selective_scan,
     selective_scan_reference,

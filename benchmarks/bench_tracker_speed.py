@@ -65,7 +65,7 @@ def load_workload(folder: Path, objects: int):
     import torch
     from runners import Workload
 
-    from surgray.model.config import ModelConfig
+    from surgray.model.sam2.config import ModelConfig
 
     cfg = ModelConfig.model_validate_json((folder / "config.json").read_text())
     data = np.load(folder / f"clip_{objects}.npz")

@@ -78,7 +78,7 @@ def default_weight_seed(variant: str) -> int:
 def bench_config(variant: str, image_size: int):
     """Our model config; `micro` is the micro test network widened where transformers
     hard-codes a width (memory 64 channels, so the pointer width must be a multiple: 128)."""
-    from surgray.model.variants import get_variant, micro_config
+    from surgray.model.checkpoints.variants import get_variant, micro_config
 
     if variant != "micro":
         return get_variant(variant, image_size=image_size)

@@ -120,7 +120,7 @@ def scenario(args, variant: str, frames: int, objects: int = 1):
     import torch
     from common import bench_config
 
-    from surgray.model.checkpoint import build_model
+    from surgray.model.checkpoints.sam2_checkpoint import build_model
 
     cfg = bench_config(variant, args.image_size)
     try:
@@ -143,7 +143,7 @@ def track(cfg, state, clip, boxes, device, precision="fp32", videos: int = 1):
     """Logits per frame ([N, H, W] on CPU) of video 0, seconds per step, peak GPU bytes."""
     import torch
 
-    from surgray.model.checkpoint import build_model
+    from surgray.model.checkpoints.sam2_checkpoint import build_model
     from surgray.tracking.tracker import Tracker
 
     model = build_model(cfg)
@@ -217,7 +217,7 @@ def reference_run(cfg, state, clip, boxes, device, dtype, videos: int) -> tuple[
     from PIL import Image
     from sam2_reference import build_reference
 
-    from surgray.model.preprocess import to_model_input
+    from surgray.model.sam2.preprocess import to_model_input
 
     predictor = build_reference(cfg, video=True)
     predictor.load_state_dict(state, strict=True)
@@ -283,7 +283,7 @@ def section_speed(args, device) -> dict:
 def section_scan(args, device) -> dict:
     from bench_selective_scan import make_inputs
 
-    from surgray.model.selective_scan import fused_kernel_available, selective_scan
+    from surgray.model.referring.selective_scan import fused_kernel_available, selective_scan
 
     if device.type != "cuda":
         return {"mamba_ssm": "not measured: the fused scan needs CUDA"}

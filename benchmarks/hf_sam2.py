@@ -21,7 +21,7 @@ from collections import defaultdict
 import torch
 from torch.nn import functional as F
 
-from surgray.model.config import ModelConfig
+from surgray.model.sam2.config import ModelConfig
 
 # Whole-name prefixes first, then names inside modules (applied in this order, each once).
 _PREFIXES = [

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from surgray.model.config import ModelConfig
+from surgray.model.sam2.config import ModelConfig
 
 IMPLEMENTATIONS = ("surgray-recent", "surgray-prune", "sam2", "transformers")
 
@@ -66,7 +66,7 @@ class Workload:
     def model_frame(self, frame_idx: int) -> torch.Tensor:
         """Frame `frame_idx` normalised, [3, S, S], as a new tensor (as a stream would give)."""
         if self._normalised is None:
-            from surgray.model.preprocess import to_model_input
+            from surgray.model.sam2.preprocess import to_model_input
 
             self._normalised = to_model_input(self.clip, self.cfg.image_size)
         return self._normalised[self.clip_index(frame_idx)].clone()
@@ -117,7 +117,7 @@ def random_weights(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
     """Random weights every parameter of which matters (the parity tests' `randomize_`)."""
     from sam2_reference import randomize_
 
-    from surgray.model.sam2 import SAM2Model
+    from surgray.model.sam2.network import SAM2Model
 
     torch.manual_seed(seed)  # buffers (the prompt encoder's Fourier matrix) stay as built
     return randomize_(SAM2Model(cfg), seed=seed)
@@ -126,7 +126,7 @@ def random_weights(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------ runners
 class SurgrayRunner:
     def __init__(self, work: Workload, policy: str) -> None:
-        from surgray.model.checkpoint import build_model
+        from surgray.model.checkpoints.sam2_checkpoint import build_model
         from surgray.tracking.postprocess import PostprocessConfig
         from surgray.tracking.tracker import Tracker
 

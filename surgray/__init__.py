@@ -15,12 +15,12 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     # networks and checkpoints
-    "build_model": "surgray.model.checkpoint",
-    "build_resurgsam2": "surgray.model.referring_checkpoint",
-    "load_network": "surgray.model.network_loading",
-    "ReferringConfig": "surgray.model.referring",
-    "ImagePredictor": "surgray.model.image_predictor",
-    "CheckpointError": "surgray.model.checkpoint",
+    "build_model": "surgray.model.checkpoints.sam2_checkpoint",
+    "build_resurgsam2": "surgray.model.checkpoints.referring_checkpoint",
+    "load_network": "surgray.model.checkpoints.network_loading",
+    "ReferringConfig": "surgray.model.referring.resurgsam2",
+    "ImagePredictor": "surgray.model.sam2.image_predictor",
+    "CheckpointError": "surgray.model.checkpoints.sam2_checkpoint",
     # tracking a video
     "Tracker": "surgray.tracking.tracker",
     "VideoPredictor": "surgray.tracking.predictor",

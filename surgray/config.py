@@ -1,6 +1,6 @@
 """Shared plumbing of surgray's pydantic configs: YAML loading and readable validation errors.
 
-Each part keeps its own config models next to its code (`surgray.model.config`,
+Each part keeps its own config models next to its code (`surgray.model.sam2.config`,
 `surgray.tracking.memory.config`, `surgray.annotate.config`, `surgray.serving.config`,
 `surgray.train.config`); YAML presets in `configs/` validate against them. What they share is
 here: a config error names every bad key by its dotted path, and an unknown key lists the keys

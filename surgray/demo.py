@@ -201,7 +201,7 @@ def _summary(result: RunResult, clip: Any) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from surgray.demo_inputs import choose_weights, write_clip
-    from surgray.model.checkpoint import CheckpointError
+    from surgray.model.checkpoints.sam2_checkpoint import CheckpointError
 
     started = time.monotonic()
     check_arguments(args)

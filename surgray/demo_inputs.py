@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from surgray.model.shipped import SHIPPED_DIR as DEMO_ASSETS
+from surgray.model.checkpoints.shipped import SHIPPED_DIR as DEMO_ASSETS
 
 REFERRING_CHECKPOINT = DEMO_ASSETS / "referring.pt"
 MASK_CHECKPOINT = DEMO_ASSETS / "model.pt"
@@ -112,7 +112,7 @@ def write_manifest(path: Path, clip: DemoClip, prompt: str) -> Path:
 
 
 def _takes_text(metadata: dict[str, Any]) -> bool:
-    from surgray.model.referring_checkpoint import REFERRING_METADATA_KEY
+    from surgray.model.checkpoints.referring_checkpoint import REFERRING_METADATA_KEY
 
     referring = metadata.get(REFERRING_METADATA_KEY)
     if referring is None:
@@ -122,7 +122,7 @@ def _takes_text(metadata: dict[str, Any]) -> bool:
 
 
 def describe_checkpoint(path: str, description: str, trained: bool) -> DemoWeights:
-    from surgray.model.checkpoint import read_state_dict
+    from surgray.model.checkpoints.sam2_checkpoint import read_state_dict
 
     _, metadata = read_state_dict(path)
     if not metadata or "variant" not in metadata:
@@ -158,7 +158,7 @@ def choose_weights(out: Path, given: Path | None) -> DemoWeights:
         )
     import torch
 
-    from surgray.model.checkpoint import build_model, save_checkpoint
+    from surgray.model.checkpoints.sam2_checkpoint import build_model, save_checkpoint
 
     path = out / "checkpoints" / "random_micro.pt"
     torch.manual_seed(0)

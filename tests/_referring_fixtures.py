@@ -10,11 +10,11 @@ import pathlib
 import torch
 from sam2_reference import randomize_
 
-from surgray.model.cstmamba import CSTMambaConfig
-from surgray.model.referring import ReferringConfig, ReSurgSAM2
-from surgray.model.semantic_head import SemanticHeadConfig
-from surgray.model.text_encoder import TextEncoder
-from surgray.model.variants import micro_config
+from surgray.model.checkpoints.variants import micro_config
+from surgray.model.referring.cstmamba import CSTMambaConfig
+from surgray.model.referring.resurgsam2 import ReferringConfig, ReSurgSAM2
+from surgray.model.referring.semantic_head import SemanticHeadConfig
+from surgray.model.text.encoder import TextEncoder
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 MERGES = ["t h", "th e</w>", "g r", "gr a", "s p", "sp e", "spe r</w>", "n e", "e d", "l e</w>"]

@@ -16,7 +16,7 @@ from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from surgray.model.config import ModelConfig
+from surgray.model.sam2.config import ModelConfig
 
 CONFIG_DIR = pathlib.Path(sam2.__file__).parent / "configs"
 OFFICIAL_YAMLS = {

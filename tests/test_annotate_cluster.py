@@ -29,7 +29,7 @@ from surgray.annotate.rows import read_mask_rows
 from surgray.data.synthetic import SyntheticClipConfig, generate_clip
 from surgray.data.synthetic_writers import write_clip_video
 from surgray.io.masks import encode_rle
-from surgray.model.checkpoint import build_model, save_checkpoint
+from surgray.model.checkpoints.sam2_checkpoint import build_model, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64

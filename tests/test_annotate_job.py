@@ -33,7 +33,7 @@ from surgray.annotate.status import EXIT_ALL_FAILED, EXIT_INVALID_CONFIG, EXIT_O
 from surgray.data.synthetic import SyntheticClipConfig, generate_clip
 from surgray.data.synthetic_writers import write_clip_video
 from surgray.io.masks import decode_rle, encode_rle
-from surgray.model.checkpoint import build_model, save_checkpoint
+from surgray.model.checkpoints.sam2_checkpoint import build_model, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64

@@ -118,9 +118,9 @@ def test_separate_text_encoder_refused_by_embedded_tower(tmp_path, quick_env):
 @pytest.fixture(scope="module")
 def referring_without_text(tmp_path_factory) -> str:
     """A micro ReSurgSAM2 checkpoint that names no CLIP folder and embeds no text tower."""
-    from surgray.model.referring import ReSurgSAM2
-    from surgray.model.referring_checkpoint import save_referring_checkpoint
-    from surgray.model.variants import get_variant
+    from surgray.model.checkpoints.referring_checkpoint import save_referring_checkpoint
+    from surgray.model.checkpoints.variants import get_variant
+    from surgray.model.referring.resurgsam2 import ReSurgSAM2
 
     path = tmp_path_factory.mktemp("ckpt") / "referring_no_text.pt"
     save_referring_checkpoint(ReSurgSAM2(get_variant("micro", image_size=128)), str(path))

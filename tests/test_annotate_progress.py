@@ -69,7 +69,7 @@ def test_a_lost_actor_is_replaced_and_its_video_run_again(ray_cluster, tmp_path,
     from surgray.data.synthetic import SyntheticClipConfig, generate_clip
     from surgray.data.synthetic_writers import write_clip_video
     from surgray.io.masks import encode_rle
-    from surgray.model.checkpoint import build_model, save_checkpoint
+    from surgray.model.checkpoints.sam2_checkpoint import build_model, save_checkpoint
 
     shutil.rmtree(MARKER, ignore_errors=True)
     MARKER.mkdir()

@@ -23,7 +23,7 @@ from surgray.data.synthetic import SyntheticClipConfig, generate_clip
 from surgray.data.synthetic_writers import write_clip_video
 from surgray.io.masks import decode_rle
 from surgray.io.video import probe
-from surgray.model.referring_checkpoint import save_referring_checkpoint
+from surgray.model.checkpoints.referring_checkpoint import save_referring_checkpoint
 from surgray.tracking.cifs import CIFSConfig
 
 SIZE = 64  # network input
@@ -121,7 +121,7 @@ def test_text_prompt_errors_are_clear(tmp_path, clip_dir, video):
     results, _ = _annotate(_config(tmp_path, checkpoint, None, "a"), _work_rows(video, None))
     assert "set model.text_encoder in the config" in results[0]["error"]
     # A plain SAM2 checkpoint cannot take text prompts.
-    from surgray.model.checkpoint import build_model, save_checkpoint
+    from surgray.model.checkpoints.sam2_checkpoint import build_model, save_checkpoint
 
     plain = str(tmp_path / "plain.pt")
     save_checkpoint(build_model("micro", image_size=SIZE), plain)

@@ -10,7 +10,7 @@ from sam2.build_sam import _load_checkpoint as reference_load_checkpoint
 from sam2_reference import build_reference, randomize_
 
 import surgray
-from surgray.model.checkpoint import (
+from surgray.model.checkpoints.sam2_checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
@@ -21,9 +21,9 @@ from surgray.model.checkpoint import (
     read_state_dict,
     save_checkpoint,
 )
-from surgray.model.config import ModelConfig
-from surgray.model.sam2 import SAM2Model
-from surgray.model.variants import get_variant, micro_config
+from surgray.model.checkpoints.variants import get_variant, micro_config
+from surgray.model.sam2.config import ModelConfig
+from surgray.model.sam2.network import SAM2Model
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +203,7 @@ def test_init_from_tolerates_only_listed_new_modules(reference_checkpoint, tmp_p
         build_model(sam2s, checkpoint=path)
     model = SAM2Model(sam2s)
     initial = model.long_term_tpos_enc.detach().clone()
-    with caplog.at_level("INFO", logger="surgray.model.checkpoint"):
+    with caplog.at_level("INFO", logger="surgray.model.checkpoints.sam2_checkpoint"):
         report = load_checkpoint(model, path, init_from=["long_term_tpos_enc"])
     assert report.initialised == ["long_term_tpos_enc"]
     assert "long_term_tpos_enc" in caplog.text
@@ -216,8 +216,8 @@ def test_init_from_tolerates_only_listed_new_modules(reference_checkpoint, tmp_p
 
 
 def test_loaders_build_the_network_a_checkpoint_was_saved_with(tmp_path):
-    from surgray.model.checkpoint import CheckpointError, stored_or_variant_config
-    from surgray.model.variants import get_variant, micro_config
+    from surgray.model.checkpoints.sam2_checkpoint import CheckpointError, stored_or_variant_config
+    from surgray.model.checkpoints.variants import get_variant, micro_config
 
     # A setting with no trace in the weights: a bare variant would silently differ.
     cfg = micro_config(128).updated(prompting={"multimask_output_for_tracking": False})
@@ -237,7 +237,7 @@ def test_loaders_build_the_network_a_checkpoint_was_saved_with(tmp_path):
 def test_shipped_checkpoints_read_by_name():
     from pathlib import Path
 
-    from surgray.model.checkpoint import read_state_dict
+    from surgray.model.checkpoints.sam2_checkpoint import read_state_dict
 
     shipped = Path(surgray.__file__).parent / "assets" / "demo" / "model.pt"
     by_name, metadata = read_state_dict("demo:model")

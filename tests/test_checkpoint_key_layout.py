@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from surgray.model.cstmamba import CSTMambaConfig
-from surgray.model.referring import ReferringConfig, ReSurgSAM2
-from surgray.model.sam2 import SAM2Model
-from surgray.model.semantic_head import SemanticHeadConfig
-from surgray.model.text_pixel import TextPixelConfig
-from surgray.model.text_tower import TextTowerConfig
-from surgray.model.variants import get_variant, micro_config
+from surgray.model.checkpoints.variants import get_variant, micro_config
+from surgray.model.referring.cstmamba import CSTMambaConfig
+from surgray.model.referring.resurgsam2 import ReferringConfig, ReSurgSAM2
+from surgray.model.referring.semantic_head import SemanticHeadConfig
+from surgray.model.referring.text_pixel import TextPixelConfig
+from surgray.model.sam2.network import SAM2Model
+from surgray.model.text.tower import TextTowerConfig
 
 GOLDEN = Path(__file__).parent / "fixtures" / "model_key_layout.json"
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from surgray.model.cstmamba import (
+from surgray.model.referring.cstmamba import (
     CSTMamba,
     CSTMambaConfig,
     SensoryMemory,
     _temporal_slots,
 )
-from surgray.model.mamba import GRN, SpatioTemporalMamba
-from surgray.model.text_encoder import TextFeatures
+from surgray.model.referring.mamba import GRN, SpatioTemporalMamba
+from surgray.model.text.encoder import TextFeatures
 
 C = 32  # CSTMambaConfig.tiny().d_model
 

@@ -25,7 +25,7 @@ FRAMES = 12
 
 
 def _sam2_checkpoint(path: Path) -> Path:
-    from surgray.model.checkpoint import build_model, save_checkpoint
+    from surgray.model.checkpoints.sam2_checkpoint import build_model, save_checkpoint
 
     torch.manual_seed(0)
     save_checkpoint(build_model("micro", image_size=64), str(path))
@@ -35,11 +35,11 @@ def _sam2_checkpoint(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def referring_checkpoint(tmp_path_factory) -> Path:
     """A random micro ReSurgSAM2 at 64 px with an embedded CLIP text tower (shipped vocab)."""
-    from surgray.model.cstmamba import CSTMambaConfig
-    from surgray.model.referring import ReferringConfig, ReSurgSAM2
-    from surgray.model.referring_checkpoint import save_referring_checkpoint
-    from surgray.model.text_tower import TextTowerConfig
-    from surgray.model.variants import micro_config
+    from surgray.model.checkpoints.referring_checkpoint import save_referring_checkpoint
+    from surgray.model.checkpoints.variants import micro_config
+    from surgray.model.referring.cstmamba import CSTMambaConfig
+    from surgray.model.referring.resurgsam2 import ReferringConfig, ReSurgSAM2
+    from surgray.model.text.tower import TextTowerConfig
 
     fusion = CSTMambaConfig.tiny()
     referring = ReferringConfig(

@@ -15,7 +15,7 @@ from PIL import Image
 from surgray.annotate.outputs import read_video_records
 from surgray.data.synthetic import SyntheticClipConfig
 from surgray.data.synthetic_writers import make_synthetic_dataset
-from surgray.model.checkpoint import build_model, save_checkpoint
+from surgray.model.checkpoints.sam2_checkpoint import build_model, save_checkpoint
 
 SIZE = 64
 PLAIN = dict(leave_and_return=False, occlusion=False, smoke=False, motion_blur=False)

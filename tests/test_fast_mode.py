@@ -12,9 +12,9 @@ import torch
 from sam2_reference import randomize_
 from torch import nn
 
+from surgray.model.checkpoints.variants import micro_config
 from surgray.model.quantize import Int8Linear, quantize_linears
-from surgray.model.sam2 import SAM2Model
-from surgray.model.variants import micro_config
+from surgray.model.sam2.network import SAM2Model
 from surgray.tracking.precision import (
     PrecisionError,
     normalize_precision,

@@ -9,8 +9,8 @@ import torch
 from test_train_referring import REFERRING, config_data
 
 from surgray.data.categories import INSTRUMENT_CATEGORIES, TISSUE_CATEGORIES
-from surgray.model.category_probes import CategoryProbes
-from surgray.model.frame_types import HeadsOutput
+from surgray.model.referring.category_probes import CategoryProbes
+from surgray.model.sam2.frame_types import HeadsOutput
 from surgray.train.config import TrainConfigError, parse_train_config
 from surgray.train.grounding import pixel_category_loss, text_category_loss
 from surgray.train.loop import WorkerLoop

@@ -15,10 +15,10 @@ from sam2.modeling.backbones.image_encoder import FpnNeck as RefFpnNeck
 from sam2.modeling.backbones.image_encoder import ImageEncoder as RefImageEncoder
 from sam2.modeling.position_encoding import PositionEmbeddingSine as RefPositionEmbeddingSine
 
-from surgray.model.config import ImageEncoderConfig
-from surgray.model.image_encoder import ImageEncoder
-from surgray.model.types import BackboneOutput
-from surgray.model.variants import get_variant, micro_config
+from surgray.model.checkpoints.variants import get_variant, micro_config
+from surgray.model.sam2.config import ImageEncoderConfig
+from surgray.model.sam2.image_encoder import ImageEncoder
+from surgray.model.sam2.types import BackboneOutput
 
 TOLERANCE = 1e-5
 

@@ -311,7 +311,7 @@ def test_tsl_term_in_the_total():
 
 
 def test_from_heads_uses_high_resolution_candidates():
-    from surgray.model.frame_types import HeadsOutput
+    from surgray.model.sam2.frame_types import HeadsOutput
 
     heads = HeadsOutput(
         low_res_multimasks=torch.zeros(2, 3, 4, 4),

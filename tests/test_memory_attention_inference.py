@@ -12,8 +12,8 @@ import pytest
 import torch
 from test_memory_modules import _official_attention_cfg, _randomise, _ref_memory_attention
 
-from surgray.model.memory_attention import MemoryAttention
-from surgray.model.rope import AxialRotaryEmbedding
+from surgray.model.sam2.memory_attention import MemoryAttention
+from surgray.model.sam2.rope import AxialRotaryEmbedding
 
 SIDE, FRAMES, PTR_TOKENS, OBJECTS = 8, 3, 8, 3
 

@@ -16,12 +16,16 @@ from sam2.modeling.position_encoding import PositionEmbeddingSine as RefPosition
 from sam2.modeling.position_encoding import apply_rotary_enc, compute_axial_cis
 from sam2.modeling.sam.transformer import RoPEAttention as RefRoPEAttention
 
-from surgray.model.config import MemoryAttentionConfig, MemoryEncoderConfig, RoPEAttentionConfig
-from surgray.model.memory_attention import MemoryAttention, RoPEAttention
-from surgray.model.memory_encoder import MemoryEncoder
-from surgray.model.rope import AxialRotaryEmbedding, grid_size
-from surgray.model.types import MemoryEncoderOutput
-from surgray.model.variants import micro_config
+from surgray.model.checkpoints.variants import micro_config
+from surgray.model.sam2.config import (
+    MemoryAttentionConfig,
+    MemoryEncoderConfig,
+    RoPEAttentionConfig,
+)
+from surgray.model.sam2.memory_attention import MemoryAttention, RoPEAttention
+from surgray.model.sam2.memory_encoder import MemoryEncoder
+from surgray.model.sam2.rope import AxialRotaryEmbedding, grid_size
+from surgray.model.sam2.types import MemoryEncoderOutput
 
 COS1, SIN1 = 0.5403023058681398, 0.8414709848078965  # cos(1), sin(1)
 COS001, SIN001 = 0.9999500004166653, 0.009999833334166664  # cos(0.01), sin(0.01)

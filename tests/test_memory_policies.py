@@ -12,7 +12,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from surgray.model.memory_types import MemoryEntry
+from surgray.model.sam2.memory_types import MemoryEntry
 from surgray.tracking.memory.base import build_policy, policy_names
 from surgray.tracking.memory.config import (
     DiveMemPolicyConfig,

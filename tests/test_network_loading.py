@@ -13,12 +13,15 @@ from surgray.annotate.actor import load_model
 from surgray.annotate.config import AnnotateConfig
 from surgray.annotate.provenance import checkpoint_sha256
 from surgray.demo_inputs import DEMO_ASSETS
-from surgray.model.checkpoint import CheckpointError, save_checkpoint
-from surgray.model.network_loading import load_network
-from surgray.model.referring import ReSurgSAM2
-from surgray.model.referring_checkpoint import save_referring_checkpoint, to_resurgsam2_layout
-from surgray.model.sam2 import SAM2Model
-from surgray.model.variants import micro_config
+from surgray.model.checkpoints.network_loading import load_network
+from surgray.model.checkpoints.referring_checkpoint import (
+    save_referring_checkpoint,
+    to_resurgsam2_layout,
+)
+from surgray.model.checkpoints.sam2_checkpoint import CheckpointError, save_checkpoint
+from surgray.model.checkpoints.variants import micro_config
+from surgray.model.referring.resurgsam2 import ReSurgSAM2
+from surgray.model.sam2.network import SAM2Model
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,7 @@ def test_a_plain_sam2_checkpoint_is_a_sam2_model_and_serve_refuses_it_for_text(t
 
 
 def test_the_released_resurgsam2_layout_is_recognised_without_metadata(tmp_path):
-    from surgray.model.referring import _default_referring
+    from surgray.model.referring.resurgsam2 import _default_referring
 
     cfg = micro_config(64)
     model = ReSurgSAM2(cfg, _default_referring(cfg))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from surgray.model.layers import LayerNorm2d
+from surgray.model.sam2.layers import LayerNorm2d
 from surgray.train.optim import (
     OptimConfig,
     apply_freeze,

@@ -19,8 +19,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PROBE = """
 import sys
-from surgray.model.text_tower import TextTowerConfig, build_text_tower, shipped_vocab_path
-from surgray.model import text_tower
+from surgray.model.text.tower import TextTowerConfig, build_text_tower, shipped_vocab_path
+from surgray.model.text import tower as text_tower
 tower = build_text_tower(TextTowerConfig())
 ids = tower.tokenizer(["the grasper"])["input_ids"][0]
 print(shipped_vocab_path())
@@ -72,9 +72,7 @@ def test_shipped_checkpoint_paths_follow_the_running_code(tmp_path, folder):
             REPO / "surgray", tmp_path / "surgray", ignore=shutil.ignore_patterns("__pycache__")
         )
         root = tmp_path
-    code = (
-        "from surgray.model.checkpoint import shipped_checkpoint_path as p; print(p('demo:model'))"
-    )
+    code = "from surgray.model.checkpoints.sam2_checkpoint import shipped_checkpoint_path as p; print(p('demo:model'))"
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )

@@ -17,11 +17,11 @@ import torch
 from sam2_reference import build_reference, randomize_
 from torch.nn import functional as F
 
-from surgray.model.frame_types import ObjectPrompt
-from surgray.model.image_predictor import ImagePredictor
-from surgray.model.preprocess import to_model_input
-from surgray.model.sam2 import SAM2Model
-from surgray.model.variants import micro_config
+from surgray.model.checkpoints.variants import micro_config
+from surgray.model.sam2.frame_types import ObjectPrompt
+from surgray.model.sam2.image_predictor import ImagePredictor
+from surgray.model.sam2.network import SAM2Model
+from surgray.model.sam2.preprocess import to_model_input
 
 SEED = 0
 TOL = 1e-4  # logits, IoU, scores: both sides run the same float32 arithmetic

@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 from sam2_reference import OFFICIAL_YAMLS, build_reference, randomize_
 
-from surgray.model.frame_types import ObjectPrompt
-from surgray.model.preprocess import to_model_input
-from surgray.model.sam2 import SAM2Model
-from surgray.model.variants import get_variant, micro_config
+from surgray.model.checkpoints.variants import get_variant, micro_config
+from surgray.model.sam2.frame_types import ObjectPrompt
+from surgray.model.sam2.network import SAM2Model
+from surgray.model.sam2.preprocess import to_model_input
 from surgray.tracking.memory.base import build_policy
 
 NUM_FRAMES = 9  # the prompted frame + 8 propagated

@@ -17,22 +17,22 @@ from _referring_fixtures import (
 
 from surgray.data.synthetic import generate_clip
 from surgray.data.synthetic_plan import SyntheticClipConfig
-from surgray.model.checkpoint import (
-    NEW_MODULE_PREFIXES,
-    CheckpointMismatchError,
-    load_checkpoint,
-)
-from surgray.model.cstmamba import CSTMambaConfig
-from surgray.model.referring import ReferringConfig, ReSurgSAM2, referring_stage
-from surgray.model.referring_checkpoint import (
+from surgray.model.checkpoints.referring_checkpoint import (
     build_resurgsam2,
     load_referring_checkpoint,
     save_referring_checkpoint,
     to_resurgsam2_layout,
 )
-from surgray.model.sam2 import SAM2Model
-from surgray.model.text_encoder import TextEncoder
-from surgray.model.variants import micro_config
+from surgray.model.checkpoints.sam2_checkpoint import (
+    NEW_MODULE_PREFIXES,
+    CheckpointMismatchError,
+    load_checkpoint,
+)
+from surgray.model.checkpoints.variants import micro_config
+from surgray.model.referring.cstmamba import CSTMambaConfig
+from surgray.model.referring.resurgsam2 import ReferringConfig, ReSurgSAM2, referring_stage
+from surgray.model.sam2.network import SAM2Model
+from surgray.model.text.encoder import TextEncoder
 from surgray.tracking.cifs import CIFSConfig
 from surgray.tracking.tracker import Tracker
 

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from surgray.model.referring import ReSurgSAM2
-from surgray.model.referring_checkpoint import build_resurgsam2, to_resurgsam2_layout
-from surgray.model.resurgsam2_released import PRESET_NAME
-from surgray.model.text_encoder import TextEncoder
-from surgray.model.variants import micro_config
+from surgray.model.checkpoints.referring_checkpoint import build_resurgsam2, to_resurgsam2_layout
+from surgray.model.checkpoints.resurgsam2_released import PRESET_NAME
+from surgray.model.checkpoints.variants import micro_config
+from surgray.model.referring.resurgsam2 import ReSurgSAM2
+from surgray.model.text.encoder import TextEncoder
 from surgray.tracking.tracker import Tracker
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "resurgsam2"
@@ -210,8 +210,8 @@ def test_a_released_checkpoint_builds_the_released_configuration(model):
 def test_the_published_fusion_sizes_are_read_back_from_its_tensors():
     """At the published size (Hiera-S neck 256, CLIP B/32 512, 2048-wide projections) the
     preset reads back our defaults, except the GRN, which is the release's."""
-    from surgray.model.cstmamba import CSTMamba, CSTMambaConfig
-    from surgray.model.resurgsam2_released import released_fusion_config
+    from surgray.model.checkpoints.resurgsam2_released import released_fusion_config
+    from surgray.model.referring.cstmamba import CSTMamba, CSTMambaConfig
 
     fusion = CSTMamba(CSTMambaConfig())
     ours = {f"cross_modal_fusion.{k}": v for k, v in fusion.state_dict().items()}
@@ -222,9 +222,9 @@ def test_the_published_fusion_sizes_are_read_back_from_its_tensors():
 def test_load_network_runs_a_released_file_with_the_preset(tmp_path):
     """The annotate job and Serve build through `load_network`: a released-layout file of a
     registered variant gets the preset too, with the text folder the caller names."""
-    from surgray.model.cstmamba import CSTMambaConfig
-    from surgray.model.network_loading import load_network
-    from surgray.model.referring import ReferringConfig
+    from surgray.model.checkpoints.network_loading import load_network
+    from surgray.model.referring.cstmamba import CSTMambaConfig
+    from surgray.model.referring.resurgsam2 import ReferringConfig
 
     source = ReSurgSAM2(micro_config(128), ReferringConfig(fusion=CSTMambaConfig.tiny()))
     path = tmp_path / "released.pt"
@@ -249,7 +249,7 @@ def test_text_objects_get_the_released_memory_and_text_token(model):
     import copy
     import pickle
 
-    from surgray.model.referring_tracking import TextMemorySelection
+    from surgray.model.referring.tracking import TextMemorySelection
 
     tracker = Tracker(model, {"name": "recent"})
     state = tracker.start("v", (128, 128), num_frames=4)
@@ -270,7 +270,7 @@ def test_text_objects_get_the_released_memory_and_text_token(model):
 
 def test_our_checkpoints_keep_what_they_recorded():
     """The shipped demo model records its config: no preset, nothing of the release's."""
-    from surgray.model.network_loading import load_network
+    from surgray.model.checkpoints.network_loading import load_network
 
     net = build_resurgsam2("micro", checkpoint="demo:referring", load_text_encoder=False)
     referring = net.referring_cfg

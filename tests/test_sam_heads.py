@@ -20,10 +20,10 @@ from sam2.modeling.sam.transformer import TwoWayTransformer as RefTwoWayTransfor
 from sam2.modeling.sam2_base import SAM2Base
 from torch import nn
 
-from surgray.model.config import ModelConfig
-from surgray.model.mask_decoder import MaskDecoder
-from surgray.model.prompt_encoder import PromptEncoder
-from surgray.model.variants import get_variant, micro_config
+from surgray.model.checkpoints.variants import get_variant, micro_config
+from surgray.model.sam2.config import ModelConfig
+from surgray.model.sam2.mask_decoder import MaskDecoder
+from surgray.model.sam2.prompt_encoder import PromptEncoder
 
 CONFIG_DIR = pathlib.Path(sam2.__file__).parent / "configs"
 OFFICIAL_YAMLS = {

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from surgray.model.selective_scan import (
+from surgray.model.referring.selective_scan import (
     fused_kernel_available,
     selective_scan,
     selective_scan_reference,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from surgray.model.semantic_head import SemanticHead, SemanticHeadConfig, tsl_loss
+from surgray.model.referring.semantic_head import SemanticHead, SemanticHeadConfig, tsl_loss
 
 TINY = SemanticHeadConfig(d_model=32, memory_dim=16, text_dim=24, num_heads=2, mlp_dim=64)
 

@@ -62,7 +62,7 @@ def served(ray_cluster):
     from ray import serve
 
     from serve.app import build_app_from_args
-    from surgray.model.checkpoint import build_model, save_checkpoint
+    from surgray.model.checkpoints.sam2_checkpoint import build_model, save_checkpoint
 
     temp = tempfile.mkdtemp(prefix="srt", dir="/tmp")  # Ray's socket paths must stay short
     checkpoint = os.path.join(temp, "micro64.pt")
@@ -375,7 +375,7 @@ def test_two_replicas_pin_sessions_and_match_a_local_tracker(served, client):
 def _pinned_sessions_track_as_a_local_tracker(served: Served, sessions: list) -> None:
     import torch
 
-    from surgray.model.checkpoint import build_model
+    from surgray.model.checkpoints.sam2_checkpoint import build_model
     from surgray.tracking.tracker import Tracker
 
     frames = {s.session_id: scene(20, seed) for seed, (s, _) in enumerate(sessions)}

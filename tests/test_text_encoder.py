@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from surgray.model.text_encoder import TextEncoder
+from surgray.model.text.encoder import TextEncoder
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 MERGES = ["i s</w>", "t h", "th e</w>", "g r", "gr a", "s p", "sp e", "spe r</w>"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import warnings
 
-from surgray.model.text_encoder import short_text
-from surgray.model.text_tower import TextTowerConfig, build_text_tower
+from surgray.model.text.encoder import short_text
+from surgray.model.text.tower import TextTowerConfig, build_text_tower
 
 
 def test_truncation_warning_carries_a_prefix_and_the_length_only():

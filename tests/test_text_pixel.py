@@ -1,4 +1,4 @@
-"""The stride-8 text-pixel head (`surgray.model.text_pixel`) and its place in stage 1."""
+"""The stride-8 text-pixel head (`surgray.model.referring.text_pixel`) and its place in stage 1."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import torch
 from _referring_fixtures import script_scores, tiny_model, write_tiny_clip
 from torch.nn import functional as F
 
-from surgray.model.checkpoint import CheckpointMismatchError
-from surgray.model.referring import ReSurgSAM2
-from surgray.model.referring_checkpoint import (
+from surgray.model.checkpoints.referring_checkpoint import (
     build_resurgsam2,
     load_referring_checkpoint,
     save_referring_checkpoint,
 )
-from surgray.model.text_pixel import TextPixelConfig, TextPixelHead
-from surgray.model.variants import micro_config
+from surgray.model.checkpoints.sam2_checkpoint import CheckpointMismatchError
+from surgray.model.checkpoints.variants import micro_config
+from surgray.model.referring.resurgsam2 import ReSurgSAM2
+from surgray.model.referring.text_pixel import TextPixelConfig, TextPixelHead
 
 SIZE = 64
 

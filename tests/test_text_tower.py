@@ -9,23 +9,27 @@ import pytest
 import torch
 from _referring_fixtures import CATEGORIES, tiny_referring_config
 
-from surgray.model.checkpoint import NEW_MODULE_PREFIXES, CheckpointMismatchError, save_checkpoint
-from surgray.model.cstmamba import CSTMambaConfig
-from surgray.model.referring import ReferringConfig, ReSurgSAM2, referring_stage
-from surgray.model.referring_checkpoint import (
+from surgray.model.checkpoints.referring_checkpoint import (
     build_resurgsam2,
     load_referring_checkpoint,
     save_referring_checkpoint,
 )
-from surgray.model.sam2 import SAM2Model
-from surgray.model.semantic_head import SemanticHeadConfig
-from surgray.model.text_tower import (
+from surgray.model.checkpoints.sam2_checkpoint import (
+    NEW_MODULE_PREFIXES,
+    CheckpointMismatchError,
+    save_checkpoint,
+)
+from surgray.model.checkpoints.variants import micro_config
+from surgray.model.referring.cstmamba import CSTMambaConfig
+from surgray.model.referring.resurgsam2 import ReferringConfig, ReSurgSAM2, referring_stage
+from surgray.model.referring.semantic_head import SemanticHeadConfig
+from surgray.model.sam2.network import SAM2Model
+from surgray.model.text.tower import (
     TextTowerConfig,
     build_text_tower,
     load_vocab_tokenizer,
     shipped_vocab_path,
 )
-from surgray.model.variants import micro_config
 
 SIZE = 64
 SOT, EOT = 49406, 49407
@@ -237,8 +241,8 @@ def test_referring_config_errors(tmp_path):
 
 
 def test_tower_builds_its_tokenizer_only_when_text_arrives():
-    from surgray.model.open_clip_text import bpe_vocab_layout
-    from surgray.model.text_encoder import DeferredTokenizer
+    from surgray.model.text.encoder import DeferredTokenizer
+    from surgray.model.text.open_clip_format import bpe_vocab_layout
 
     tower = build_text_tower(TextTowerConfig())
     assert isinstance(tower._tokenizer, DeferredTokenizer)  # a mask-only job never builds it

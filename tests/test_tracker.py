@@ -9,8 +9,8 @@ import torch
 from sam2_reference import randomize_
 
 from surgray.io.encode import write_video
-from surgray.model.sam2 import SAM2Model
-from surgray.model.variants import micro_config
+from surgray.model.checkpoints.variants import micro_config
+from surgray.model.sam2.network import SAM2Model
 from surgray.tracking.postprocess import HOLE_LOGIT, SPRINKLE_LOGIT, clean_mask_logits
 from surgray.tracking.predictor import VideoPredictor
 from surgray.tracking.state import TrackerStateError

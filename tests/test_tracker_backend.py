@@ -131,7 +131,7 @@ def test_random_weights_are_seeded_and_announced():
 
 
 def test_checkpoint_round_trip_and_load_errors(tmp_path):
-    from surgray.model.checkpoint import save_checkpoint
+    from surgray.model.checkpoints.sam2_checkpoint import save_checkpoint
 
     random_model = load_served_model(
         ServedModel(variant="micro", checkpoint="random:2", image_size=64)
@@ -154,7 +154,7 @@ def test_checkpoint_round_trip_and_load_errors(tmp_path):
 
 
 def test_shipped_demo_checkpoints_load_by_name_with_their_own_text_tower():
-    from surgray.model.referring import ReSurgSAM2
+    from surgray.model.referring.resurgsam2 import ReSurgSAM2
 
     loaded = load_served_model(
         ServedModel(variant="micro", checkpoint="demo:referring", image_size=128), device="cpu"
@@ -351,7 +351,7 @@ ACCEPT = {
 def referring_checkpoint(tmp_path_factory):
     from _referring_fixtures import script_scores, tiny_model, write_tiny_clip
 
-    from surgray.model.referring_checkpoint import save_referring_checkpoint
+    from surgray.model.checkpoints.referring_checkpoint import save_referring_checkpoint
     from surgray.tracking.cifs import CIFSConfig
 
     root = tmp_path_factory.mktemp("referring")
@@ -389,7 +389,7 @@ def test_referring_checkpoint_needs_a_text_encoder_folder(referring_checkpoint):
 
 
 def test_text_session_reports_states_and_maps_ids_to_expressions(referring_backend):
-    from surgray.model.referring import ReSurgSAM2
+    from surgray.model.referring.resurgsam2 import ReSurgSAM2
 
     assert isinstance(referring_backend.tracker.model, ReSurgSAM2)
     assert referring_backend.models()[0].text_prompts is True

@@ -30,8 +30,8 @@ from PIL import Image
 from sam2_reference import build_reference, randomize_
 
 from surgray.io.video import VideoReader
-from surgray.model.sam2 import SAM2Model
-from surgray.model.variants import micro_config
+from surgray.model.checkpoints.variants import micro_config
+from surgray.model.sam2.network import SAM2Model
 from surgray.tracking.predictor import VideoPredictor
 from surgray.tracking.tracker import Tracker
 
@@ -290,7 +290,7 @@ def test_bicubic_uint8_is_the_reference_video_loaders_input(tmp_path):
     the image predictor's bilinear resize does not (so the parity above can tell them apart)."""
     from sam2.utils.misc import _load_img_as_tensor
 
-    from surgray.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
+    from surgray.model.sam2.preprocess import IMAGENET_MEAN, IMAGENET_STD
     from surgray.tracking.inputs import model_input
 
     write_jpegs(tmp_path, draw_frames(HEIGHT, WIDTH)[:1])

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from surgray.model.checkpoint import load_checkpoint
-from surgray.model.sam2 import SAM2Model
+from surgray.model.checkpoints.sam2_checkpoint import load_checkpoint
+from surgray.model.sam2.network import SAM2Model
 from surgray.train.checkpoints import load_trained_model
 from surgray.train.clip_data import open_videos
 from surgray.train.config import TrainConfig
@@ -51,7 +51,7 @@ TEXT_BOUND_ON_CLIP = 0.40
 
 
 def test_referring_demo_checkpoint_finds_objects_from_text_on_a_held_out_clip():
-    from surgray.model.referring import ReSurgSAM2
+    from surgray.model.referring.resurgsam2 import ReSurgSAM2
 
     model = load_trained_model(REFERRING)
     assert isinstance(model, ReSurgSAM2) and model.text_tower is not None

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from surgray.model.checkpoint import read_state_dict
+from surgray.model.checkpoints.sam2_checkpoint import read_state_dict
 from surgray.train.checkpoints import MODEL_FILE, STATE_FILE, load_trained_model
 from surgray.train.config import parse_train_config
 from surgray.train.loop import LoopHooks, WorkerLoop

@@ -85,9 +85,9 @@ def _kill_rank1_mid_epoch(
 
 @pytest.mark.timeout(300)
 def test_two_workers_train_checkpoint_survive_a_killed_worker(ray_cluster, tmp_path):
-    from surgray.model.checkpoint import load_checkpoint
-    from surgray.model.sam2 import SAM2Model
-    from surgray.model.variants import get_variant
+    from surgray.model.checkpoints.sam2_checkpoint import load_checkpoint
+    from surgray.model.checkpoints.variants import get_variant
+    from surgray.model.sam2.network import SAM2Model
     from surgray.train.checkpoints import MODEL_FILE, load_trained_model
     from surgray.train.config import parse_train_config
     from surgray.train.preflight import preflight
@@ -166,9 +166,9 @@ def test_two_workers_train_checkpoint_survive_a_killed_worker(ray_cluster, tmp_p
 
 @pytest.mark.timeout(240)
 def test_checkpoints_go_to_object_storage(ray_cluster, s3_server, tmp_path):
-    from surgray.model.checkpoint import load_checkpoint
-    from surgray.model.sam2 import SAM2Model
-    from surgray.model.variants import get_variant
+    from surgray.model.checkpoints.sam2_checkpoint import load_checkpoint
+    from surgray.model.checkpoints.variants import get_variant
+    from surgray.model.sam2.network import SAM2Model
     from surgray.train.checkpoints import MODEL_FILE
     from surgray.train.config import parse_train_config
     from surgray.train.preflight import preflight

@@ -15,11 +15,15 @@ from _local_http import free_port
 
 from surgray.data.categories import INSTRUMENT_CATEGORIES, TISSUE_CATEGORIES
 from surgray.data.synthetic_plan import DRAWABLE_INSTRUMENTS
-from surgray.model.checkpoint import CheckpointMismatchError, read_state_dict, save_checkpoint
-from surgray.model.referring import ReSurgSAM2
-from surgray.model.referring_checkpoint import REFERRING_METADATA_KEY
-from surgray.model.sam2 import SAM2Model
-from surgray.model.variants import micro_config
+from surgray.model.checkpoints.referring_checkpoint import REFERRING_METADATA_KEY
+from surgray.model.checkpoints.sam2_checkpoint import (
+    CheckpointMismatchError,
+    read_state_dict,
+    save_checkpoint,
+)
+from surgray.model.checkpoints.variants import micro_config
+from surgray.model.referring.resurgsam2 import ReSurgSAM2
+from surgray.model.sam2.network import SAM2Model
 from surgray.train.checkpoints import (
     MODEL_FILE,
     TrainingState,

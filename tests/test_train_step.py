@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from surgray.model.heads import run_sam_heads
-from surgray.model.memory_readout import condition_on_memory
-from surgray.model.memory_types import MemoryEntry
-from surgray.model.sam2 import SAM2Model
-from surgray.model.variants import get_variant
+from surgray.model.checkpoints.variants import get_variant
+from surgray.model.sam2.heads import run_sam_heads
+from surgray.model.sam2.memory_readout import condition_on_memory
+from surgray.model.sam2.memory_types import MemoryEntry
+from surgray.model.sam2.network import SAM2Model
 from surgray.train.clip_data import TrainingClip, load_clip, synthetic_videos
 from surgray.train.clip_memory import ClipMemory
 from surgray.train.config import SyntheticSourceSection

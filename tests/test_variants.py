@@ -26,9 +26,9 @@ from sam2.sam2_video_predictor import SAM2VideoPredictor
 from sam2.utils.misc import load_video_frames
 from sam2_reference import OFFICIAL_YAMLS, VIDEO_PREDICTOR_OVERRIDES
 
-from surgray.model.config import ModelConfig
-from surgray.model.sam2 import SAM2Model
-from surgray.model.variants import get_variant, variant_names
+from surgray.model.checkpoints.variants import get_variant, variant_names
+from surgray.model.sam2.config import ModelConfig
+from surgray.model.sam2.network import SAM2Model
 
 NAMES = [n for n in variant_names() if n != "micro"]
 

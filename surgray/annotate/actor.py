@@ -33,19 +33,19 @@ def _torch_threads(config: AnnotateConfig) -> int:
 
 
 def _is_referring(model: Any) -> bool:
-    from surgray.model.referring import ReSurgSAM2
+    from surgray.model.referring.resurgsam2 import ReSurgSAM2
 
     return isinstance(model, ReSurgSAM2)
 
 
 def load_model(config: AnnotateConfig, device: str, storage: dict[str, Any] | None) -> Any:
-    """The tracker's network (`surgray.model.network_loading.load_network`, as Serve builds
+    """The tracker's network (`surgray.model.checkpoints.network_loading.load_network`, as Serve builds
     it): a `ReSurgSAM2` for a referring checkpoint, else a `SAM2Model`.
 
     `model.text_encoder` overrides the checkpoint's text-encoder folder; the encoder itself
     is loaded only when a text prompt arrives (`SegmentAnnotator._ensure_text_encoder`).
     """
-    from surgray.model.network_loading import load_network
+    from surgray.model.checkpoints.network_loading import load_network
 
     model = load_network(
         config.model.checkpoint,

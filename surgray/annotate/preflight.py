@@ -2,7 +2,7 @@
 line and exit 2 within seconds, not a traceback from inside an actor half a minute later.
 
 - the checkpoint: read and built exactly as the actors build it
-  (`surgray.model.network_loading.load_network`), so an unreadable file, random bytes, a
+  (`surgray.model.checkpoints.network_loading.load_network`), so an unreadable file, random bytes, a
   variant that does not fit or a text-encoder folder the checkpoint refuses fail here;
 - text prompts: they need a referring checkpoint, and a text encoder (an embedded text tower,
   or a CLIP folder that exists);
@@ -77,8 +77,8 @@ def check_output_writable(layout: Any) -> None:
 def load_checked_network(model: Any, storage_options: dict[str, Any] | None) -> Any:
     """The network of `model` (an annotate config's `ModelSection`), loaded as the actors load
     it; raises `PreflightError` naming model.checkpoint or model.variant."""
-    from surgray.model.checkpoint import CheckpointError
-    from surgray.model.network_loading import load_network
+    from surgray.model.checkpoints.network_loading import load_network
+    from surgray.model.checkpoints.sam2_checkpoint import CheckpointError
 
     try:
         return load_network(
@@ -103,7 +103,7 @@ def load_checked_network(model: Any, storage_options: dict[str, Any] | None) -> 
 
 def check_text_support(network: Any, model: Any, storage_options: dict[str, Any] | None) -> None:
     """Raise `PreflightError` unless `network` can read text prompts."""
-    from surgray.model.referring import ReSurgSAM2
+    from surgray.model.referring.resurgsam2 import ReSurgSAM2
 
     if not isinstance(network, ReSurgSAM2):
         raise PreflightError(

@@ -65,7 +65,7 @@ def checkpoint_sha256(
     multi-GB checkpoint once, and a rewritten file is hashed again.
     """
     from surgray.io.storage import filesystem
-    from surgray.model.checkpoint import CheckpointError, shipped_checkpoint_path
+    from surgray.model.checkpoints.sam2_checkpoint import CheckpointError, shipped_checkpoint_path
 
     text = os.fspath(uri)
     try:

@@ -1,16 +1,16 @@
 """Build the served model and its tracker from a `ServedModel` config entry.
 
 Weights come only from the server's config: a local path or an object-store URI (read through
-fsspec by `surgray.model.checkpoint`), never from a hub and never from a client. For demos and
+fsspec by `surgray.model.checkpoints.sam2_checkpoint`), never from a hub and never from a client. For demos and
 tests without a checkpoint, `checkpoint: "random:<seed>"` builds the variant with random
 weights from that seed (the same seed gives the same weights in every process). Such a model
 is announced as random in its `/v1/models` description and in the replica's log, because its
 masks mean nothing. `checkpoint: "demo:referring"` (or `"demo:model"`) names a checkpoint
-shipped in `surgray/assets/demo/` (`surgray.model.checkpoint.read_state_dict`).
+shipped in `surgray/assets/demo/` (`surgray.model.checkpoints.sam2_checkpoint.read_state_dict`).
 
 Text prompts need a `ReSurgSAM2` (referring fusion + CLIP text encoder). Which network a
 checkpoint holds, and which text encoder folder it uses, is decided by
-`surgray.model.network_loading.load_network`, as in the annotate job. A replica also needs the
+`surgray.model.checkpoints.network_loading.load_network`, as in the annotate job. A replica also needs the
 text features before it accepts requests: a referring checkpoint without an embedded text tower
 and without a folder (in the config or its metadata) is refused, and the folder is loaded at
 start-up.
@@ -103,10 +103,10 @@ def _build(
     """(model on the CPU, whether it is a ReSurgSAM2), weights from the checkpoint or seed."""
     import torch
 
-    from surgray.model.network_loading import load_network, referring_config_for
-    from surgray.model.referring import ReSurgSAM2
-    from surgray.model.sam2 import SAM2Model
-    from surgray.model.variants import get_variant
+    from surgray.model.checkpoints.network_loading import load_network, referring_config_for
+    from surgray.model.checkpoints.variants import get_variant
+    from surgray.model.referring.resurgsam2 import ReSurgSAM2
+    from surgray.model.sam2.network import SAM2Model
 
     variant = resolve_variant(served.variant)
     if seed is None:
@@ -153,7 +153,7 @@ def load_served_model(
     """Build the model (checkpoint or seeded random weights) and a `Tracker` over it."""
     import torch
 
-    from surgray.model.checkpoint import CheckpointError
+    from surgray.model.checkpoints.sam2_checkpoint import CheckpointError
     from surgray.tracking.tracker import Tracker
 
     chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

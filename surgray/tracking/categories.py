@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from surgray.model.frame_types import FrameFeatures
+from surgray.model.sam2.frame_types import FrameFeatures
 from surgray.tracking.state import ObjectState, VideoState
 
 if TYPE_CHECKING:
-    from surgray.model.referring import ReSurgSAM2
+    from surgray.model.referring.resurgsam2 import ReSurgSAM2
 
 
 def memory_tokens(

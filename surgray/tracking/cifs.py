@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from surgray.model.cifs_config import CIFSConfig
+from surgray.model.referring.cifs_config import CIFSConfig
 
 ObjectPhase = Literal["searching", "tracking", "lost"]
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from surgray.model.frame_types import FrameFeatures, FrameOutput
-from surgray.model.memory_types import MemoryEntry
-from surgray.model.sam2 import SAM2Model
+from surgray.model.sam2.frame_types import FrameFeatures, FrameOutput
+from surgray.model.sam2.memory_types import MemoryEntry
+from surgray.model.sam2.network import SAM2Model
 from surgray.tracking.postprocess import clean_mask_logits
 from surgray.tracking.state import FramePrompt, ObjectOutput, ObjectState, OutputKind
 

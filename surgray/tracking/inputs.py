@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from surgray.model.frame_types import FrameFeatures
-from surgray.model.preprocess import check_rgb_image, to_model_input
-from surgray.model.sam2 import SAM2Model
-from surgray.model.types import BackboneOutput
+from surgray.model.sam2.frame_types import FrameFeatures
+from surgray.model.sam2.network import SAM2Model
+from surgray.model.sam2.preprocess import check_rgb_image, to_model_input
+from surgray.model.sam2.types import BackboneOutput
 from surgray.tracking.memory.config import MemoryPolicyConfig, parse_policy_config
 from surgray.tracking.state import TrackerStateError, VideoState
 

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
-from surgray.model.memory_writer import suppress_overlaps
+from surgray.model.sam2.memory_writer import suppress_overlaps
 
 HOLE_LOGIT = 0.1  # just above the threshold: a filled hole is foreground, weakly
 SPRINKLE_LOGIT = -0.1

@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from surgray.model.heads import NO_OBJECT_LOGIT
-from surgray.model.sam2 import SAM2Model
+from surgray.model.sam2.heads import NO_OBJECT_LOGIT
+from surgray.model.sam2.network import SAM2Model
 from surgray.tracking.results import FrameResult
 from surgray.tracking.state import VideoState
 from surgray.tracking.tracker import Tracker

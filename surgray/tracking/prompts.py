@@ -2,7 +2,7 @@
 
 Points are (x, y) in pixels of the original frame, labels 1 (positive) or 0 (negative); a box
 is (x0, y0, x1, y1); a mask is [H, W] bool at the frame's size. They are stretched to the
-model's square input the way frames are (`surgray.model.preprocess`), and a mask is resized
+model's square input the way frames are (`surgray.model.sam2.preprocess`), and a mask is resized
 as the reference does (antialiased bilinear, then >= 0.5).
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from surgray.model.heads import prompt_mask_at_input_size
-from surgray.model.preprocess import scale_box, scale_points
+from surgray.model.sam2.heads import prompt_mask_at_input_size
+from surgray.model.sam2.preprocess import scale_box, scale_points
 from surgray.tracking.state import FramePrompt, ObjectState, VideoState
 
 

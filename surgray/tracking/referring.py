@@ -13,7 +13,7 @@
    becomes the object's conditioning memory, with the stage-1 object pointer. From the next
    frame on the object is tracked by its memory policy (`dlm` for ReSurgSAM2); with
    `ReferringConfig.tracked_text_token` the decoder also gets the text token on those frames
-   (`surgray.model.referring_tracking`). The frames between the selected one and the switch
+   (`surgray.model.referring.tracking`). The frames between the selected one and the switch
    never become memories; their results stay the stage-1 masks.
 3. Tracked text objects go "lost" on frames the object score says they are not seen, and after
    the configured number of such frames (`CIFSConfig.lost_patience`; never in the released
@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from surgray.model.frame_types import FrameFeatures
-from surgray.model.memory_types import MemoryEntry
-from surgray.model.referring_tracking import TextMemorySelection
+from surgray.model.referring.tracking import TextMemorySelection
+from surgray.model.sam2.frame_types import FrameFeatures
+from surgray.model.sam2.memory_types import MemoryEntry
 from surgray.tracking.cifs import CIFSConfig, CredibleFrameSelector
 from surgray.tracking.inputs import check_index, policy_for_model
 from surgray.tracking.memory.base import MemoryPolicy, build_policy
@@ -49,8 +49,8 @@ from surgray.tracking.postprocess import clean_mask_logits
 from surgray.tracking.state import ObjectOutput, ObjectState, VideoState
 
 if TYPE_CHECKING:
-    from surgray.model.referring import ReSurgSAM2
-    from surgray.model.sam2 import SAM2Model
+    from surgray.model.referring.resurgsam2 import ReSurgSAM2
+    from surgray.model.sam2.network import SAM2Model
     from surgray.tracking.frame_step import StepSettings
 
 
@@ -91,13 +91,13 @@ class ReferringState:
 
 
 def require_referring_model(model: SAM2Model) -> ReSurgSAM2:
-    from surgray.model.referring import ReSurgSAM2
+    from surgray.model.referring.resurgsam2 import ReSurgSAM2
 
     if not isinstance(model, ReSurgSAM2):
         raise TypeError(
             f"text prompts need a ReSurgSAM2 model (referring head and text encoder); this "
             f"tracker holds a {type(model).__name__}: build it with "
-            "surgray.model.referring_checkpoint.build_resurgsam2"
+            "surgray.model.checkpoints.referring_checkpoint.build_resurgsam2"
         )
     return model
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from surgray.model.frame_types import FrameFeatures, ObjectPrompt
+from surgray.model.sam2.frame_types import FrameFeatures, ObjectPrompt
 from surgray.tracking.cifs import ObjectPhase
 from surgray.tracking.memory.base import MemoryPolicy
 from surgray.tracking.memory.config import MemoryPolicyConfig

@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from surgray.model.frame_types import FrameFeatures
-from surgray.model.sam2 import SAM2Model
+from surgray.model.sam2.frame_types import FrameFeatures
+from surgray.model.sam2.network import SAM2Model
 from surgray.tracking.cifs import CIFSConfig
 from surgray.tracking.frame_step import ObjectJob, StepSettings, plan_frame, prompt_kind, run_jobs
 from surgray.tracking.inputs import (

@@ -1,6 +1,6 @@
 """Training checkpoints: a folder with the model (our checkpoint format) and the training state.
 
-    <checkpoint>/model.pt            `surgray.model.checkpoint.save_checkpoint` output: loads into
+    <checkpoint>/model.pt            `surgray.model.checkpoints.sam2_checkpoint.save_checkpoint` output: loads into
                                      a `SAM2Model` strictly, with the model config in its metadata
                                      (a `ReSurgSAM2` also carries its referring config, as
                                      `save_referring_checkpoint` writes it, so annotate, serve and
@@ -25,9 +25,14 @@ from typing import Any
 import torch
 
 from surgray.errors import UserError
-from surgray.model.checkpoint import build_model, load_checkpoint, read_state_dict, save_checkpoint
-from surgray.model.config import ModelConfig
-from surgray.model.sam2 import SAM2Model
+from surgray.model.checkpoints.sam2_checkpoint import (
+    build_model,
+    load_checkpoint,
+    read_state_dict,
+    save_checkpoint,
+)
+from surgray.model.sam2.config import ModelConfig
+from surgray.model.sam2.network import SAM2Model
 from surgray.train.config import ModelSection, TrainConfig
 
 MODEL_FILE = "model.pt"
@@ -51,7 +56,7 @@ class TrainingState:
 
 def model_config(section: ModelSection) -> ModelConfig:
     """The network a training config describes (variant, size and overrides)."""
-    from surgray.model.variants import get_variant
+    from surgray.model.checkpoints.variants import get_variant
 
     return get_variant(section.variant, image_size=section.image_size, **section.overrides)
 
@@ -72,8 +77,8 @@ def build_training_model(config: TrainConfig) -> SAM2Model:
                 model, section.init_checkpoint, section.storage_options, section.init_from or None
             )
         return model
-    from surgray.model.referring import ReSurgSAM2
-    from surgray.model.referring_checkpoint import load_referring_checkpoint
+    from surgray.model.checkpoints.referring_checkpoint import load_referring_checkpoint
+    from surgray.model.referring.resurgsam2 import ReSurgSAM2
 
     model = ReSurgSAM2(model_config(section), section.referring)
     if section.init_checkpoint is not None:
@@ -86,7 +91,7 @@ def build_training_model(config: TrainConfig) -> SAM2Model:
 
 
 def is_referring(model) -> bool:
-    from surgray.model.referring import ReSurgSAM2
+    from surgray.model.referring.resurgsam2 import ReSurgSAM2
 
     return isinstance(model, ReSurgSAM2)
 
@@ -94,7 +99,7 @@ def is_referring(model) -> bool:
 def save_model(model: SAM2Model, path: str | Path, extra: dict[str, Any] | None = None) -> None:
     """Our checkpoint format; a referring model's file also holds its referring config."""
     if is_referring(model):
-        from surgray.model.referring_checkpoint import save_referring_checkpoint
+        from surgray.model.checkpoints.referring_checkpoint import save_referring_checkpoint
 
         save_referring_checkpoint(model, path, extra_metadata=extra)
     else:
@@ -185,7 +190,10 @@ def load_trained_model(
     """The model of a training checkpoint (a folder or its model.pt), built from the config
     stored in the checkpoint and loaded strictly: a `ReSurgSAM2` when the metadata holds a
     referring config (its CLIP text folder loaded when it names one and `load_text_encoder`)."""
-    from surgray.model.referring_checkpoint import REFERRING_METADATA_KEY, build_resurgsam2
+    from surgray.model.checkpoints.referring_checkpoint import (
+        REFERRING_METADATA_KEY,
+        build_resurgsam2,
+    )
 
     path = str(checkpoint)
     if os.path.isdir(path):

@@ -241,7 +241,7 @@ def load_clip(
 ) -> TrainingClip | None:
     """The tensors of a clip, or None when no allowed object is visible on its object frame
     (the caller draws another clip)."""
-    from surgray.model.preprocess import to_model_input
+    from surgray.model.sam2.preprocess import to_model_input
 
     frames, ids = video.load(spec.frames)
     if spec.flip:

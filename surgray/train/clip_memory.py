@@ -14,8 +14,8 @@ Differences from inference, all following SAM2's training code (`SAM2Base` in tr
 
 from __future__ import annotations
 
-from surgray.model.config import ModelConfig
-from surgray.model.memory_types import (
+from surgray.model.sam2.config import ModelConfig
+from surgray.model.sam2.memory_types import (
     MemoryEntry,
     MemorySelection,
     SpatialMemory,

@@ -1,4 +1,4 @@
-"""The category probes' losses on referring clips (`surgray.model.category_probes`).
+"""The category probes' losses on referring clips (`surgray.model.referring.category_probes`).
 
 A referring head trained only on masks can settle on telling instrument from tissue and stop
 there: on the demo's synthetic clips most objects share their kind with another object in view,
@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
-from surgray.model.category_probes import CategoryProbes
-from surgray.model.frame_types import HeadsOutput
+from surgray.model.referring.category_probes import CategoryProbes
+from surgray.model.sam2.frame_types import HeadsOutput
 from surgray.train.clip_data import TrainingClip
 from surgray.train.losses import LossBreakdown, LossConfig
 

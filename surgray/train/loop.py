@@ -74,7 +74,7 @@ def worker_seed(*parts: int) -> int:
 
 def referring_stage_for(model: nn.Module):
     """ReSurgSAM2's stage 1 for referring clips, or None for a plain SAM2 model."""
-    from surgray.model.referring import ReSurgSAM2, referring_stage
+    from surgray.model.referring.resurgsam2 import ReSurgSAM2, referring_stage
 
     return referring_stage if isinstance(model, ReSurgSAM2) else None
 

@@ -95,7 +95,7 @@ class DecoderStep:
 
     @classmethod
     def from_heads(cls, heads) -> DecoderStep:
-        """From a `surgray.model.frame_types.HeadsOutput` (its high-resolution candidates)."""
+        """From a `surgray.model.sam2.frame_types.HeadsOutput` (its high-resolution candidates)."""
         return cls(heads.high_res_multimasks, heads.multimask_iou, heads.object_score_logits)
 
 

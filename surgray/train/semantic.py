@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from surgray.model.frame_types import FrameFeatures
-from surgray.model.memory_types import MemorySelection
+from surgray.model.sam2.frame_types import FrameFeatures
+from surgray.model.sam2.memory_types import MemorySelection
 from surgray.train.losses import LossConfig
 
 if TYPE_CHECKING:
-    from surgray.model.sam2 import SAM2Model
+    from surgray.model.sam2.network import SAM2Model
 
 
 def tsl_enabled(model: SAM2Model, loss: LossConfig) -> bool:

@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import nn
 
-from surgray.model.frame_types import FrameFeatures, HeadsOutput
-from surgray.model.heads import mask_as_output, run_sam_heads, wants_multimask
-from surgray.model.memory_readout import condition_on_memory
-from surgray.model.memory_types import MemoryEntry
-from surgray.model.memory_writer import encode_memory
+from surgray.model.sam2.frame_types import FrameFeatures, HeadsOutput
+from surgray.model.sam2.heads import mask_as_output, run_sam_heads, wants_multimask
+from surgray.model.sam2.memory_readout import condition_on_memory
+from surgray.model.sam2.memory_types import MemoryEntry
+from surgray.model.sam2.memory_writer import encode_memory
 from surgray.train.clicks import Clicks
 from surgray.train.clip_data import TrainingClip
 from surgray.train.clip_memory import ClipMemory
@@ -60,7 +60,7 @@ from surgray.train.prompts import (
 from surgray.train.semantic import SemanticSupervision, category_embeddings, tsl_enabled
 
 if TYPE_CHECKING:
-    from surgray.model.sam2 import SAM2Model
+    from surgray.model.sam2.network import SAM2Model
 
 
 class ReferringStage(Protocol):
@@ -286,7 +286,7 @@ def run_clip(
 class ClipTrainer(nn.Module):
     """The model and its loss as one module whose `forward` runs a clip, so DDP sees every
     parameter use inside `forward` (SAM2Model itself has no single forward). `referring` is
-    the stage used for referring clips (ReSurgSAM2: `surgray.model.referring.referring_stage`);
+    the stage used for referring clips (ReSurgSAM2: `surgray.model.referring.resurgsam2.referring_stage`);
     it runs inside `forward`, on the wrapped model, so DDP reduces its gradients too."""
 
     def __init__(

@@ -40,8 +40,8 @@ from torch.nn import functional as F
 from surgray.data.categories import category_kind, try_canonical_category
 from surgray.eval.evaluate import SURGSAM2_PROTOCOL, VideoInput, evaluate
 from surgray.eval.report import EvaluationReport
-from surgray.model.frame_types import ObjectPrompt
-from surgray.model.preprocess import to_model_input
+from surgray.model.sam2.frame_types import ObjectPrompt
+from surgray.model.sam2.preprocess import to_model_input
 from surgray.tracking.memory.base import build_policy
 from surgray.tracking.memory.config import RecentPolicyConfig
 from surgray.train.clip_data import TrainVideo
@@ -91,7 +91,7 @@ class ValidationResult:
 
 def can_refer(model) -> bool:
     """Whether `model` can be prompted by text (a ReSurgSAM2 that can encode text)."""
-    from surgray.model.referring import ReSurgSAM2
+    from surgray.model.referring.resurgsam2 import ReSurgSAM2
 
     if not isinstance(model, ReSurgSAM2):
         return False

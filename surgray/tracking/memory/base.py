@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import torch
 
-from surgray.model.memory_types import MemoryEntry, MemorySelection
+from surgray.model.sam2.memory_types import MemoryEntry, MemorySelection
 from surgray.tracking.memory.config import MemoryPolicyConfig, parse_policy_config
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 
-from surgray.model.memory_types import (
+from surgray.model.sam2.memory_types import (
     MemoryEntry,
     MemorySelection,
     SpatialMemory,

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from surgray.model.memory_types import (
+from surgray.model.sam2.memory_types import (
     MemoryEntry,
     MemorySelection,
     SpatialMemory,

@@ -14,7 +14,7 @@ first (the release's `torch.sort` does not define the order of ties).
 
 from __future__ import annotations
 
-from surgray.model.memory_types import MemorySelection, SpatialMemory
+from surgray.model.sam2.memory_types import MemorySelection, SpatialMemory
 from surgray.tracking.memory.base import register_policy
 from surgray.tracking.memory.config import PrunePolicyConfig
 from surgray.tracking.memory.recent import RecentPolicy

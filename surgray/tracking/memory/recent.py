@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from surgray.model.memory_types import (
+from surgray.model.sam2.memory_types import (
     MemoryEntry,
     MemorySelection,
     PointerMemory,
