@@ -246,3 +246,9 @@ def test_concepts_are_read_from_module_names():
     assert _concept_of("surgray.model.sam2.heads") == "sam2"
     assert _concept_of("surgray.model.checkpoints") == "checkpoints"
     assert _concept_of("surgray.model.quantize") == ""
+
+
+def test_no_import_cycle_inside_the_model():
+    """Stronger than across concepts: no module of surgray.model imports (even for types) one
+    that imports it back. The network's parts receive what they use, not the whole model."""
+    assert _cycles(_model_graph()) == []

@@ -7,8 +7,6 @@ import pytest
 import torch
 
 from surgray.model.checkpoints.variants import get_variant
-from surgray.model.sam2.heads import run_sam_heads
-from surgray.model.sam2.memory_readout import condition_on_memory
 from surgray.model.sam2.memory_types import MemoryEntry
 from surgray.model.sam2.network import SAM2Model
 from surgray.train.clip_data import TrainingClip, load_clip, synthetic_videos
@@ -173,10 +171,10 @@ def test_referring_clips_need_a_stage_and_use_its_anchor_as_memory(video):
         outputs = []
         for feats in frames:
             feats = feats.expand(len(expressions))
-            fused = condition_on_memory(
-                model, feats.image_embed, feats.image_pos, [None] * len(expressions)
+            fused = model.memory_readout.condition(
+                feats.image_embed, feats.image_pos, [None] * len(expressions)
             )
-            outputs.append(run_sam_heads(model, fused, feats.high_res, None, None, False))
+            outputs.append(model.sam_heads.run(fused, feats.high_res, None, None, False))
         return outputs
 
     out = run_clip(model, clip, POINTS, SAM2Loss(), gen(), referring=promptless_stage)

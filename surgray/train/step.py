@@ -27,9 +27,10 @@ clips (`surgray.train.grounding`).
 
 A frozen image encoder runs without autograd (no activations kept for a backward pass).
 
-The pieces used are the model's own heads (`run_sam_heads`, `mask_as_output`), memory readout
-and writer; `SAM2Model.track_frame` is the inference-side wrapper of the same pieces, but it
-keeps only the chosen candidate mask, while the loss needs every candidate.
+The pieces used are the model's own parts (`sam_heads.run`, `sam_heads.mask_as_output`,
+`memory_readout`, `memory_writer`); `SAM2Model.track_frame` is the inference-side wrapper of
+the same pieces, but it keeps only the chosen candidate mask, while the loss needs every
+candidate.
 """
 
 from __future__ import annotations
@@ -41,10 +42,7 @@ import torch
 from torch import nn
 
 from surgray.model.sam2.frame_types import FrameFeatures, HeadsOutput
-from surgray.model.sam2.heads import mask_as_output, run_sam_heads, wants_multimask
-from surgray.model.sam2.memory_readout import condition_on_memory
 from surgray.model.sam2.memory_types import MemoryEntry
-from surgray.model.sam2.memory_writer import encode_memory
 from surgray.train.clicks import Clicks
 from surgray.train.clip_data import TrainingClip
 from surgray.train.clip_memory import ClipMemory
@@ -128,8 +126,8 @@ class _ClipRun:
         selections = self.memory.select(t) if with_memory else [None] * self.count
         if with_memory and self.semantic is not None:
             self.semantic.observe(t, feats, selections)
-        return condition_on_memory(
-            self.model, feats.image_embed, feats.image_pos, selections, self.clip.num_frames
+        return self.model.memory_readout.condition(
+            feats.image_embed, feats.image_pos, selections, self.clip.num_frames
         )
 
     def decode(
@@ -141,9 +139,9 @@ class _ClipRun:
         has_memory: bool,
     ) -> HeadsOutput:
         num_clicks = 0 if clicks is None else clicks.num_clicks
-        multimask = wants_multimask(self.model, has_memory, num_clicks)
-        return run_sam_heads(
-            self.model,
+        sam_heads = self.model.sam_heads
+        multimask = sam_heads.wants_multimask(has_memory, num_clicks)
+        return sam_heads.run(
             fused,
             feats.high_res,
             _click_tuple(clicks, fused.device),
@@ -161,7 +159,7 @@ class _ClipRun:
         if is_init and not plan.use_point_input:
             masks = gt[:, None].float()
             if model.cfg.memory.use_mask_input_as_output_without_sam:
-                heads = mask_as_output(model, feats.image_embed, feats.high_res, masks)
+                heads = model.sam_heads.mask_as_output(feats.image_embed, feats.high_res, masks)
             else:
                 fused = self.fused(t, feats, with_memory=False)
                 heads = self.decode(fused, feats, None, masks, has_memory=False)
@@ -200,8 +198,12 @@ class _ClipRun:
         flags = torch.full(
             (self.count,), prompted, dtype=torch.bool, device=feats.image_embed.device
         )
-        memory = encode_memory(
-            model, feats.image_embed, heads.high_res_masks, heads.object_score_logits, flags
+        memory = model.memory_writer.encode(
+            feats.image_embed,
+            heads.high_res_masks,
+            heads.object_score_logits,
+            flags,
+            model.training,
         )
         ious = heads.predicted_iou.detach().float().cpu().tolist()
         scores = heads.object_score_logits.detach().float().reshape(-1).cpu().tolist()

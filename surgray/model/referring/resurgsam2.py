@@ -60,8 +60,6 @@ from surgray.model.referring.text_pixel import TextPixelConfig, TextPixelHead
 from surgray.model.referring.tracking import track_frame_with_text
 from surgray.model.sam2.config import ModelConfig
 from surgray.model.sam2.frame_types import FrameFeatures, FrameOutput, HeadsOutput, ObjectPrompt
-from surgray.model.sam2.heads import run_sam_heads, wants_multimask
-from surgray.model.sam2.memory_readout import condition_on_memory
 from surgray.model.sam2.memory_types import MemorySelection
 from surgray.model.sam2.network import SAM2Model
 from surgray.model.text.encoder import TextEncoder, TextFeatures
@@ -299,15 +297,16 @@ class ReSurgSAM2(SAM2Model):
         count = text.tokens.shape[0]
         fused = self.cross_modal_fusion(text, features.image_embed, list(history))
         feats = features.expand(count)
-        image = condition_on_memory(self, fused.image_features, feats.image_pos, [None] * count)
-        multimask = self.referring_cfg.stage1_multimask and wants_multimask(
-            self, has_memory=False, num_clicks=0
+        image = self.memory_readout.condition(fused.image_features, feats.image_pos, [None] * count)
+        sam_heads = self.sam_heads
+        multimask = self.referring_cfg.stage1_multimask and sam_heads.wants_multimask(
+            has_memory=False, num_clicks=0
         )
         mask_bias = None
         if self.text_pixel is not None:
             mask_bias = self.text_pixel.for_frame(fused.sparse_tokens[:, -1], feats)
-        heads = run_sam_heads(
-            self, image, feats.high_res, None, None, multimask, fused.sparse_tokens, mask_bias
+        heads = sam_heads.run(
+            image, feats.high_res, None, None, multimask, fused.sparse_tokens, mask_bias
         )
         return replace(heads, fusion_tokens=fused.sparse_tokens)
 

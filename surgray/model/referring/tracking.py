@@ -13,18 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from surgray.model.sam2.frame_types import FrameFeatures, FrameOutput, ObjectPrompt
-from surgray.model.sam2.heads import run_sam_heads, wants_multimask
-from surgray.model.sam2.memory_readout import condition_on_memory
 from surgray.model.sam2.memory_types import MemorySelection
-from surgray.model.sam2.memory_writer import encode_memory
-
-if TYPE_CHECKING:
-    from surgray.model.referring.resurgsam2 import ReSurgSAM2
+from surgray.model.sam2.network import SAM2Model
 
 
 @dataclass
@@ -69,7 +63,7 @@ def merge_frame_outputs(
 
 
 def track_with_text_tokens(
-    model: ReSurgSAM2,
+    model: SAM2Model,  # a ReSurgSAM2: only its SAM2 parts are used here
     features: FrameFeatures,
     selections: Sequence[MemorySelection | None],
     rows: list[int],
@@ -87,16 +81,17 @@ def track_with_text_tokens(
     pos = feats.image_pos.index_select(0, index)
     high_res = [t.index_select(0, index) for t in feats.high_res]
     chosen = [selections[i] for i in rows]
-    fused = condition_on_memory(model, image, pos, list(chosen), num_frames)
+    fused = model.memory_readout.condition(image, pos, list(chosen), num_frames)
+    sam_heads = model.sam_heads
     if multimask is None:
-        multimask = wants_multimask(model, has_memory=True, num_clicks=0)
+        multimask = sam_heads.wants_multimask(has_memory=True, num_clicks=0)
     tokens = torch.stack([sel.decoder_tokens for sel in chosen]).to(fused.device)
-    heads = run_sam_heads(model, fused, high_res, None, None, multimask, tokens)
+    heads = sam_heads.run(fused, high_res, None, None, multimask, tokens)
     memory = None
     if run_memory_encoder and model.cfg.memory.num_maskmem > 0:
         from_prompts = torch.zeros(len(rows), dtype=torch.bool, device=image.device)
-        memory = encode_memory(
-            model, image, heads.high_res_masks, heads.object_score_logits, from_prompts
+        memory = model.memory_writer.encode(
+            image, heads.high_res_masks, heads.object_score_logits, from_prompts, model.training
         )
     flags = [False] * len(rows)
     if is_conditioning is not None:
@@ -115,7 +110,7 @@ def track_with_text_tokens(
 
 
 def track_frame_with_text(
-    model: ReSurgSAM2,
+    model: SAM2Model,
     plain_track: Callable[..., FrameOutput],
     features: FrameFeatures,
     selections: Sequence[MemorySelection | None],

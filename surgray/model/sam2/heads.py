@@ -1,27 +1,29 @@
 """SAM heads: prompts + (memory-conditioned) features -> masks, IoU, object score, pointer.
 
-`run_sam_heads` is the decoder path for a batch of objects that share one prompt layout;
-`mask_as_output` is the path for mask prompts when `use_mask_input_as_output_without_sam`
-is set (the mask is taken as the answer, and the decoder only makes the pointer);
-`run_heads_for_objects` splits the objects of a frame into such batches (objects with
-different click counts or multimask decisions cannot share a decoder pass without changing
-its result) and puts the answers back in object order.
+`SamHeads` is this part of the network: the prompt encoder, the mask decoder, the mask
+prompt's downsampler and the object-pointer head, and nothing else of the model
+(`SAM2Model.sam_heads` hands one out). `SamHeads.run` is the decoder path for a batch of
+objects that share one prompt layout; `SamHeads.mask_as_output` is the path for mask prompts
+when `use_mask_input_as_output_without_sam` is set (the mask is taken as the answer, and the
+decoder only makes the pointer); `SamHeads.for_objects` splits the objects of a frame into
+such batches (objects with different click counts or multimask decisions cannot share a
+decoder pass without changing its result) and puts the answers back in object order.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
+from surgray.model.sam2.config import ModelConfig
 from surgray.model.sam2.frame_types import HeadsOutput, ObjectPrompt
-from surgray.model.sam2.object_pointer import mix_in_no_object, pointer_from_token
-
-if TYPE_CHECKING:
-    from surgray.model.sam2.network import SAM2Model
+from surgray.model.sam2.mask_decoder import MaskDecoder
+from surgray.model.sam2.object_pointer import ObjectPointerHead
+from surgray.model.sam2.prompt_encoder import PromptEncoder
 
 # Mask logit written where the object is judged absent (the reference's placeholder).
 NO_OBJECT_LOGIT = -1024.0
@@ -37,130 +39,6 @@ def _resize_antialiased(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
-def run_sam_heads(
-    model: SAM2Model,
-    image_embed: torch.Tensor,
-    high_res: list[torch.Tensor],
-    clicks: tuple[torch.Tensor, torch.Tensor] | None,
-    mask_prompt: torch.Tensor | None,
-    multimask: bool,
-    extra_tokens: torch.Tensor | None = None,
-    mask_bias: torch.Tensor | None = None,
-) -> HeadsOutput:
-    """Prompt encoder + mask decoder + pointer for B objects with the same prompt layout.
-
-    clicks: ([B, P, 2] model-input pixels, [B, P] labels incl. 2/3 for box corners) or None.
-    mask_prompt: [B, 1, H, W] logits (resized to the prompt encoder's mask size) or None.
-    extra_tokens: [B, T, C] sparse prompt tokens appended after the clicks' (ReSurgSAM2's
-    fused class token and text embedding), or None.
-    mask_bias: [B, 1, h, w] logits added to every candidate low-res mask before the object-score
-    decision (the referring model's text-pixel head, `surgray.model.referring.text_pixel`), or None.
-    """
-    batch = image_embed.shape[0]
-    device = image_embed.device
-    if clicks is None:
-        # A single padding click: the decoder was trained to see at least one sparse token.
-        clicks = (
-            torch.zeros(batch, 1, 2, device=device),
-            -torch.ones(batch, 1, dtype=torch.int32, device=device),
-        )
-    encoder = model.sam_prompt_encoder
-    if mask_prompt is not None:
-        mask_prompt = _resize_antialiased(mask_prompt, encoder.mask_input_size)
-    sparse, dense = encoder(points=clicks, boxes=None, masks=mask_prompt)
-    if extra_tokens is not None:
-        sparse = torch.cat([sparse, extra_tokens.to(sparse.dtype)], dim=1)
-    decoded = model.sam_mask_decoder(
-        image_embeddings=image_embed,
-        image_pe=encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
-        repeat_image=False,
-        high_res_features=high_res or None,
-    )
-    low_res = decoded.masks
-    if mask_bias is not None:
-        low_res = low_res + mask_bias.to(low_res.dtype)
-    scores = decoded.object_score_logits
-    if model.cfg.mask_decoder.pred_obj_scores:
-        # Masks are a hard present/absent decision, consistent with the pointer below.
-        low_res = torch.where((scores > 0)[:, :, None, None], low_res, NO_OBJECT_LOGIT)
-    low_res = low_res.float()
-    high_res_masks = F.interpolate(
-        low_res, size=(model.image_size, model.image_size), mode="bilinear", align_corners=False
-    )
-    ious = decoded.iou_pred
-    tokens = decoded.sam_tokens
-    rows = torch.arange(batch, device=device)
-    if multimask:
-        best = ious.argmax(dim=-1)
-        kept_low, kept_high = low_res[rows, best, None], high_res_masks[rows, best, None]
-        kept_iou = ious[rows, best]
-        token = tokens[rows, best] if tokens.shape[1] > 1 else tokens[:, 0]
-    else:
-        kept_low, kept_high, kept_iou, token = low_res, high_res_masks, ious[:, 0], tokens[:, 0]
-    pointer = pointer_from_token(
-        token, model.obj_ptr_proj, scores, model.no_obj_ptr, model.cfg.object_pointer
-    )
-    return HeadsOutput(
-        low_res_multimasks=low_res,
-        high_res_multimasks=high_res_masks,
-        multimask_iou=ious,
-        low_res_masks=kept_low,
-        high_res_masks=kept_high,
-        predicted_iou=kept_iou,
-        obj_ptr=pointer,
-        object_score_logits=scores,
-    )
-
-
-def mask_as_output(
-    model: SAM2Model,
-    image_embed: torch.Tensor,
-    high_res: list[torch.Tensor],
-    masks: torch.Tensor,
-) -> HeadsOutput:
-    """Take binary masks [B, 1, S, S] as the prediction; the decoder only makes a pointer.
-
-    `image_embed` is the frame's raw features (no memory): the reference does the same.
-    """
-    binary = masks.float()
-    high = binary * MASK_PROMPT_SCALE + MASK_PROMPT_BIAS
-    low = F.interpolate(
-        high,
-        size=(high.shape[-2] // 4, high.shape[-1] // 4),
-        mode="bilinear",
-        align_corners=False,
-        antialias=True,
-    )
-    batch = masks.shape[0]
-    ious = binary.new_ones(batch, 1)
-    if model.cfg.object_pointer.use_obj_ptrs_in_encoder:
-        pointer = run_sam_heads(
-            model, image_embed, high_res, None, model.mask_downsample(binary), False
-        ).obj_ptr
-    else:
-        pointer = binary.new_zeros(batch, model.hidden_dim)
-    # Presence follows the given mask, not the decoder's opinion.
-    presence = (binary.flatten(1) > 0).any(dim=1, keepdim=True).float()
-    scores = MASK_PROMPT_SCALE * presence + MASK_PROMPT_BIAS
-    if model.no_obj_ptr is not None:
-        pointer = mix_in_no_object(
-            pointer, presence, model.no_obj_ptr, model.cfg.object_pointer.fixed_no_obj_ptr
-        )
-    return HeadsOutput(
-        low_res_multimasks=low,
-        high_res_multimasks=high,
-        multimask_iou=ious,
-        low_res_masks=low,
-        high_res_masks=high,
-        predicted_iou=ious[:, 0],
-        obj_ptr=pointer,
-        object_score_logits=scores,
-    )
-
-
 def prompt_mask_at_input_size(mask: torch.Tensor, image_size: int) -> torch.Tensor:
     """[H, W] binary mask -> [1, 1, S, S] float in {0, 1} (resized masks are re-thresholded)."""
     mask = mask[None, None].float()
@@ -170,17 +48,6 @@ def prompt_mask_at_input_size(mask: torch.Tensor, image_size: int) -> torch.Tens
         mask, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
     )
     return (resized >= 0.5).float()
-
-
-def wants_multimask(model: SAM2Model, has_memory: bool, num_clicks: int) -> bool:
-    """SAM2's rule: several candidate masks for few clicks on initial frames (and, when
-    configured, while tracking), the best kept by predicted IoU."""
-    rules = model.cfg.prompting
-    return (
-        rules.multimask_output_in_sam
-        and (not has_memory or rules.multimask_output_for_tracking)
-        and rules.multimask_min_pt_num <= num_clicks <= rules.multimask_max_pt_num
-    )
 
 
 @dataclass
@@ -195,50 +62,186 @@ class ObjectHeadsResult:
     multimask_iou: list[torch.Tensor]  # per object [M]
 
 
-def _group_key(model: SAM2Model, prompt: ObjectPrompt | None, multimask: bool) -> tuple:
-    if prompt is not None and prompt.mask is not None:
-        if model.cfg.memory.use_mask_input_as_output_without_sam:
-            return ("mask_as_output",)
-        return ("sam", multimask, 0, "mask")
-    clicks = 0 if prompt is None else prompt.num_clicks
-    has_prev = prompt is not None and prompt.prev_mask_logits is not None
-    return ("sam", multimask, clicks, "prev" if has_prev else "")
+@dataclass(frozen=True)
+class SamHeads:
+    """The prompt-to-mask part of SAM2 (see the module docstring)."""
 
+    prompt_encoder: PromptEncoder
+    mask_decoder: MaskDecoder
+    # Brings a full-size mask prompt to the decoder's 4x mask size (None without pointers).
+    mask_downsample: nn.Module | None
+    pointer: ObjectPointerHead
+    cfg: ModelConfig
 
-def run_heads_for_objects(
-    model: SAM2Model,
-    raw_embed: torch.Tensor,
-    fused_embed: torch.Tensor,
-    high_res: list[torch.Tensor],
-    prompts: list[ObjectPrompt | None],
-    multimask: list[bool],
-) -> ObjectHeadsResult:
-    """Heads for the B objects of one frame.
+    def run(
+        self,
+        image_embed: torch.Tensor,
+        high_res: list[torch.Tensor],
+        clicks: tuple[torch.Tensor, torch.Tensor] | None,
+        mask_prompt: torch.Tensor | None,
+        multimask: bool,
+        extra_tokens: torch.Tensor | None = None,
+        mask_bias: torch.Tensor | None = None,
+    ) -> HeadsOutput:
+        """Prompt encoder + mask decoder + pointer for B objects with the same prompt layout.
 
-    raw_embed: [B, C, h, w] features without memory (used by the mask-as-output path);
-    fused_embed: [B, C, h, w] memory-conditioned features; high_res: per-level [B, ...].
-    """
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, prompt in enumerate(prompts):
-        groups[_group_key(model, prompt, multimask[i])].append(i)
-    results: list[tuple[list[int], HeadsOutput]] = []
-    for key, rows in groups.items():
-        index = None if len(rows) == len(prompts) else torch.tensor(rows, device=raw_embed.device)
-        level_rows = [_rows(t, index) for t in high_res]
-        group_prompts = [prompts[i] for i in rows]
-        if key[0] == "mask_as_output":
-            masks = torch.cat(
-                [prompt_mask_at_input_size(p.mask, model.image_size) for p in group_prompts]
-            ).to(raw_embed.device)
-            out = mask_as_output(model, _rows(raw_embed, index), level_rows, masks)
-        else:
-            clicks = _stack_clicks(group_prompts, raw_embed.device)
-            mask_prompt = _stack_dense_prompts(model, group_prompts, raw_embed.device)
-            out = run_sam_heads(
-                model, _rows(fused_embed, index), level_rows, clicks, mask_prompt, key[1]
+        clicks: ([B, P, 2] model-input pixels, [B, P] labels incl. 2/3 for box corners) or
+        None. mask_prompt: [B, 1, H, W] logits (resized to the prompt encoder's mask size) or
+        None. extra_tokens: [B, T, C] sparse prompt tokens appended after the clicks'
+        (ReSurgSAM2's fused class token and text embedding), or None.
+        mask_bias: [B, 1, h, w] logits added to every candidate low-res mask before the
+        object-score decision (the referring model's text-pixel head,
+        `surgray.model.referring.text_pixel`), or None.
+        """
+        batch = image_embed.shape[0]
+        device = image_embed.device
+        if clicks is None:
+            # A single padding click: the decoder was trained to see at least one sparse token.
+            clicks = (
+                torch.zeros(batch, 1, 2, device=device),
+                -torch.ones(batch, 1, dtype=torch.int32, device=device),
             )
-        results.append((rows, out))
-    return _merge(results, len(prompts))
+        encoder = self.prompt_encoder
+        if mask_prompt is not None:
+            mask_prompt = _resize_antialiased(mask_prompt, encoder.mask_input_size)
+        sparse, dense = encoder(points=clicks, boxes=None, masks=mask_prompt)
+        if extra_tokens is not None:
+            sparse = torch.cat([sparse, extra_tokens.to(sparse.dtype)], dim=1)
+        decoded = self.mask_decoder(
+            image_embeddings=image_embed,
+            image_pe=encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+            repeat_image=False,
+            high_res_features=high_res or None,
+        )
+        low_res = decoded.masks
+        if mask_bias is not None:
+            low_res = low_res + mask_bias.to(low_res.dtype)
+        scores = decoded.object_score_logits
+        if self.cfg.mask_decoder.pred_obj_scores:
+            # Masks are a hard present/absent decision, consistent with the pointer below.
+            low_res = torch.where((scores > 0)[:, :, None, None], low_res, NO_OBJECT_LOGIT)
+        low_res = low_res.float()
+        size = self.cfg.image_size
+        high_res_masks = F.interpolate(
+            low_res, size=(size, size), mode="bilinear", align_corners=False
+        )
+        ious = decoded.iou_pred
+        tokens = decoded.sam_tokens
+        rows = torch.arange(batch, device=device)
+        if multimask:
+            best = ious.argmax(dim=-1)
+            kept_low, kept_high = low_res[rows, best, None], high_res_masks[rows, best, None]
+            kept_iou = ious[rows, best]
+            token = tokens[rows, best] if tokens.shape[1] > 1 else tokens[:, 0]
+        else:
+            kept_low, kept_high, kept_iou = low_res, high_res_masks, ious[:, 0]
+            token = tokens[:, 0]
+        return HeadsOutput(
+            low_res_multimasks=low_res,
+            high_res_multimasks=high_res_masks,
+            multimask_iou=ious,
+            low_res_masks=kept_low,
+            high_res_masks=kept_high,
+            predicted_iou=kept_iou,
+            obj_ptr=self.pointer.from_token(token, scores),
+            object_score_logits=scores,
+        )
+
+    def mask_as_output(
+        self, image_embed: torch.Tensor, high_res: list[torch.Tensor], masks: torch.Tensor
+    ) -> HeadsOutput:
+        """Take binary masks [B, 1, S, S] as the prediction; the decoder only makes a pointer.
+
+        `image_embed` is the frame's raw features (no memory): the reference does the same.
+        """
+        binary = masks.float()
+        high = binary * MASK_PROMPT_SCALE + MASK_PROMPT_BIAS
+        low = F.interpolate(
+            high,
+            size=(high.shape[-2] // 4, high.shape[-1] // 4),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
+        batch = masks.shape[0]
+        ious = binary.new_ones(batch, 1)
+        if self.cfg.object_pointer.use_obj_ptrs_in_encoder:
+            prompt = self.mask_downsample(binary)
+            pointer = self.run(image_embed, high_res, None, prompt, False).obj_ptr
+        else:
+            pointer = binary.new_zeros(batch, self.cfg.hidden_dim)
+        # Presence follows the given mask, not the decoder's opinion.
+        presence = (binary.flatten(1) > 0).any(dim=1, keepdim=True).float()
+        scores = MASK_PROMPT_SCALE * presence + MASK_PROMPT_BIAS
+        return HeadsOutput(
+            low_res_multimasks=low,
+            high_res_multimasks=high,
+            multimask_iou=ious,
+            low_res_masks=low,
+            high_res_masks=high,
+            predicted_iou=ious[:, 0],
+            obj_ptr=self.pointer.with_presence(pointer, presence),
+            object_score_logits=scores,
+        )
+
+    def wants_multimask(self, has_memory: bool, num_clicks: int) -> bool:
+        """SAM2's rule: several candidate masks for few clicks on initial frames (and, when
+        configured, while tracking), the best kept by predicted IoU."""
+        rules = self.cfg.prompting
+        return (
+            rules.multimask_output_in_sam
+            and (not has_memory or rules.multimask_output_for_tracking)
+            and rules.multimask_min_pt_num <= num_clicks <= rules.multimask_max_pt_num
+        )
+
+    def for_objects(
+        self,
+        raw_embed: torch.Tensor,
+        fused_embed: torch.Tensor,
+        high_res: list[torch.Tensor],
+        prompts: list[ObjectPrompt | None],
+        multimask: list[bool],
+    ) -> ObjectHeadsResult:
+        """Heads for the B objects of one frame.
+
+        raw_embed: [B, C, h, w] features without memory (used by the mask-as-output path);
+        fused_embed: [B, C, h, w] memory-conditioned features; high_res: per-level [B, ...].
+        """
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, prompt in enumerate(prompts):
+            groups[self._group_key(prompt, multimask[i])].append(i)
+        size = self.cfg.image_size
+        results: list[tuple[list[int], HeadsOutput]] = []
+        for key, rows in groups.items():
+            index = None
+            if len(rows) != len(prompts):
+                index = torch.tensor(rows, device=raw_embed.device)
+            level_rows = [_rows(t, index) for t in high_res]
+            group_prompts = [prompts[i] for i in rows]
+            if key[0] == "mask_as_output":
+                masks = torch.cat(
+                    [prompt_mask_at_input_size(p.mask, size) for p in group_prompts]
+                ).to(raw_embed.device)
+                out = self.mask_as_output(_rows(raw_embed, index), level_rows, masks)
+            else:
+                clicks = _stack_clicks(group_prompts, raw_embed.device)
+                mask_prompt = _stack_dense_prompts(group_prompts, size, raw_embed.device)
+                fused = _rows(fused_embed, index)
+                out = self.run(fused, level_rows, clicks, mask_prompt, key[1])
+            results.append((rows, out))
+        return _merge(results, len(prompts))
+
+    def _group_key(self, prompt: ObjectPrompt | None, multimask: bool) -> tuple:
+        if prompt is not None and prompt.mask is not None:
+            if self.cfg.memory.use_mask_input_as_output_without_sam:
+                return ("mask_as_output",)
+            return ("sam", multimask, 0, "mask")
+        clicks = 0 if prompt is None else prompt.num_clicks
+        has_prev = prompt is not None and prompt.prev_mask_logits is not None
+        return ("sam", multimask, clicks, "prev" if has_prev else "")
 
 
 def _rows(t: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
@@ -258,13 +261,13 @@ def _stack_clicks(
 
 
 def _stack_dense_prompts(
-    model: SAM2Model, prompts: list[ObjectPrompt | None], device: torch.device
+    prompts: list[ObjectPrompt | None], image_size: int, device: torch.device
 ) -> torch.Tensor | None:
     first = prompts[0]
     if first is None:
         return None
     if first.mask is not None:  # only without use_mask_input_as_output_without_sam
-        return torch.cat([prompt_mask_at_input_size(p.mask, model.image_size) for p in prompts]).to(
+        return torch.cat([prompt_mask_at_input_size(p.mask, image_size) for p in prompts]).to(
             device
         )
     if first.prev_mask_logits is not None:

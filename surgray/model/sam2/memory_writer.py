@@ -7,18 +7,19 @@ model, which maps {0, 1} back to +-10 logits). Frames where the object is judged
 the learned `no_obj_embed_spatial` added to every memory pixel (SAM2.1). The result is stored
 in `cfg.memory.storage_dtype` (bf16 halves the size of a long memory bank, as the reference
 video predictor does; fp32 keeps full precision).
+
+`MemoryWriter` is this part of the network: the memory encoder and `no_obj_embed_spatial`,
+and nothing else of the model (`SAM2Model.memory_writer` hands one out).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 
 from surgray.model.sam2.config import MemoryConfig
-
-if TYPE_CHECKING:
-    from surgray.model.sam2.network import SAM2Model
+from surgray.model.sam2.memory_encoder import MemoryEncoder
 
 _STORAGE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -58,27 +59,35 @@ def suppress_overlaps(mask_logits: torch.Tensor) -> torch.Tensor:
     return torch.where(winner == own, mask_logits, mask_logits.clamp(max=-10.0))
 
 
-def encode_memory(
-    model: SAM2Model,
-    image_embed: torch.Tensor,
-    mask_logits: torch.Tensor,
-    object_score_logits: torch.Tensor,
-    from_prompts: torch.Tensor,
-) -> torch.Tensor:
-    """Memory features [B, mem_dim, h, w] in the storage dtype.
+@dataclass(frozen=True)
+class MemoryWriter:
+    """A frame's features and masks -> memory features (see the module docstring)."""
 
-    image_embed: [B, C, h, w] raw frame features (before memory attention);
-    mask_logits: [B, 1, S, S]; object_score_logits: [B, 1] or [B]; from_prompts: [B] bool.
-    """
-    cfg = model.cfg.memory
-    if cfg.non_overlap_masks_for_mem_enc and not model.training:
-        mask_logits = suppress_overlaps(mask_logits)
-    mask_input = mask_for_memory(mask_logits, from_prompts, cfg, model.training)
-    encoded = model.memory_encoder(image_embed, mask_input, skip_mask_sigmoid=True)
-    features = encoded.features
-    if model.no_obj_embed_spatial is not None:
-        absent = (object_score_logits.reshape(-1, 1) <= 0).to(features.dtype)
-        features = (
-            features + absent[:, :, None, None] * model.no_obj_embed_spatial[:, :, None, None]
-        )
-    return features.to(storage_dtype(cfg))
+    encoder: MemoryEncoder
+    no_obj_embed_spatial: torch.Tensor | None  # [1, mem_dim], added where the object is absent
+    cfg: MemoryConfig
+
+    def encode(
+        self,
+        image_embed: torch.Tensor,
+        mask_logits: torch.Tensor,
+        object_score_logits: torch.Tensor,
+        from_prompts: torch.Tensor,
+        training: bool,
+    ) -> torch.Tensor:
+        """Memory features [B, mem_dim, h, w] in the storage dtype.
+
+        image_embed: [B, C, h, w] raw frame features (before memory attention);
+        mask_logits: [B, 1, S, S]; object_score_logits: [B, 1] or [B]; from_prompts: [B] bool;
+        training: the network's mode (training keeps overlaps and soft prompted masks).
+        """
+        cfg = self.cfg
+        if cfg.non_overlap_masks_for_mem_enc and not training:
+            mask_logits = suppress_overlaps(mask_logits)
+        mask_input = mask_for_memory(mask_logits, from_prompts, cfg, training)
+        features = self.encoder(image_embed, mask_input, skip_mask_sigmoid=True).features
+        if self.no_obj_embed_spatial is not None:
+            absent = (object_score_logits.reshape(-1, 1) <= 0).to(features.dtype)
+            embed = self.no_obj_embed_spatial[:, :, None, None]
+            features = features + absent[:, :, None, None] * embed
+        return features.to(storage_dtype(cfg))

@@ -5,9 +5,13 @@ memory encoder) and the few top-level parameters of the reference (`maskmem_tpos
 `no_mem_embed`, `no_mem_pos_enc`, `no_obj_ptr`, `obj_ptr_proj`, `obj_ptr_tpos_proj`,
 `no_obj_embed_spatial`, `mask_downsample`), with the reference's names and shapes, plus
 `long_term_tpos_enc` [N, 1, 1, mem_dim] when `cfg.memory.num_long_term_embeddings > 0`
-(SAM2S DiveMem). The step logic lives in small modules: `memory_readout` (memories ->
-conditioned features), `heads` (prompts -> masks, IoU, object score, pointer),
-`memory_writer` (mask -> memory), `object_pointer`.
+(SAM2S DiveMem). The step logic lives in the parts, each holding only what it uses:
+`memory_readout` (memories -> conditioned features), `sam_heads` (prompts -> masks, IoU,
+object score, pointer), `memory_writer` (mask -> memory) and `pointer_head` (decoder token ->
+object pointer -> memory tokens). The parameters stay registered here under the reference's
+names (checkpoint keys, the training configs' name prefixes and the optimizer's parameter order
+are contracts); each property hands out a small part over them, built per call so it never
+holds a stale tensor after a load or a move.
 
 What the tracker uses (all batched: K frames through the encoder, B objects per step):
 
@@ -39,15 +43,16 @@ from torch.nn.init import trunc_normal_
 
 from surgray.model.sam2.config import ModelConfig
 from surgray.model.sam2.frame_types import FrameFeatures, FrameOutput, HeadsOutput, ObjectPrompt
-from surgray.model.sam2.heads import run_heads_for_objects, run_sam_heads, wants_multimask
+from surgray.model.sam2.heads import SamHeads
 from surgray.model.sam2.image_encoder import ImageEncoder
 from surgray.model.sam2.layers import MLP
 from surgray.model.sam2.mask_decoder import MaskDecoder
 from surgray.model.sam2.memory_attention import MemoryAttention
 from surgray.model.sam2.memory_encoder import MemoryEncoder
-from surgray.model.sam2.memory_readout import condition_on_memory
+from surgray.model.sam2.memory_readout import MemoryReadout
 from surgray.model.sam2.memory_types import MemorySelection
-from surgray.model.sam2.memory_writer import encode_memory
+from surgray.model.sam2.memory_writer import MemoryWriter
+from surgray.model.sam2.object_pointer import ObjectPointerHead
 from surgray.model.sam2.prompt_encoder import PromptEncoder
 from surgray.model.sam2.types import BackboneOutput
 
@@ -146,6 +151,49 @@ class SAM2Model(nn.Module):
     def uses_high_res_features(self) -> bool:
         return self.cfg.mask_decoder.use_high_res_features
 
+    # ----------------------------------------------------------------- parts
+    @property
+    def pointer_head(self) -> ObjectPointerHead:
+        """Decoder token -> object pointer -> memory tokens (`obj_ptr_proj`, `no_obj_ptr`,
+        `obj_ptr_tpos_proj`)."""
+        return ObjectPointerHead(
+            self.obj_ptr_proj,
+            self.no_obj_ptr,
+            self.obj_ptr_tpos_proj,
+            self.cfg.object_pointer,
+            self.mem_dim,
+        )
+
+    @property
+    def sam_heads(self) -> SamHeads:
+        """Prompts + features -> masks, IoU, object score and pointer."""
+        return SamHeads(
+            self.sam_prompt_encoder,
+            self.sam_mask_decoder,
+            getattr(self, "mask_downsample", None),
+            self.pointer_head,
+            self.cfg,
+        )
+
+    @property
+    def memory_readout(self) -> MemoryReadout:
+        """Memories + a frame's features -> memory-conditioned features."""
+        return MemoryReadout(
+            self.memory_attention,
+            self.memory_encoder.position_encoding,
+            self.maskmem_tpos_enc,
+            self.long_term_tpos_enc,
+            self.no_mem_embed,
+            self.no_mem_pos_enc,
+            self.pointer_head,
+            self.cfg,
+        )
+
+    @property
+    def memory_writer(self) -> MemoryWriter:
+        """A frame's features and masks -> memory features."""
+        return MemoryWriter(self.memory_encoder, self.no_obj_embed_spatial, self.cfg.memory)
+
     # ----------------------------------------------------------------- image encoder
     def encode_images(self, images: torch.Tensor) -> BackboneOutput:
         """[K, 3, S, S] normalised images -> features of the K frames.
@@ -220,22 +268,20 @@ class SAM2Model(nn.Module):
         selection_list = list(selections)
         feats = features.expand(count)
 
-        fused = condition_on_memory(
-            self, feats.image_embed, feats.image_pos, selection_list, num_frames
+        fused = self.memory_readout.condition(
+            feats.image_embed, feats.image_pos, selection_list, num_frames
         )
+        sam_heads = self.sam_heads
         flags = [
             multimask
             if multimask is not None
-            else wants_multimask(
-                self,
+            else sam_heads.wants_multimask(
                 selection is not None and not selection.is_empty,
                 0 if prompt is None else prompt.num_clicks,
             )
             for selection, prompt in zip(selection_list, prompt_list)
         ]
-        heads = run_heads_for_objects(
-            self, feats.image_embed, fused, feats.high_res, prompt_list, flags
-        )
+        heads = sam_heads.for_objects(feats.image_embed, fused, feats.high_res, prompt_list, flags)
         from_prompts = [p is not None for p in prompt_list]
         high_res_masks = heads.high_res_masks
         if not self.training and any(p is not None and p.mask is not None for p in prompt_list):
@@ -244,12 +290,12 @@ class SAM2Model(nn.Module):
             high_res_masks = self._upsample(heads.low_res_masks)
         memory = None
         if run_memory_encoder and self.cfg.memory.num_maskmem > 0:
-            memory = encode_memory(
-                self,
+            memory = self.memory_writer.encode(
                 feats.image_embed,
                 high_res_masks,
                 heads.object_score_logits,
                 torch.tensor(from_prompts, device=high_res_masks.device),
+                self.training,
             )
         return FrameOutput(
             frame_idx=frame_idx,
@@ -279,7 +325,9 @@ class SAM2Model(nn.Module):
         count = mask_logits.shape[0]
         feats = features.expand(count)
         flags = torch.as_tensor(from_prompts, dtype=torch.bool, device=mask_logits.device)
-        return encode_memory(self, feats.image_embed, mask_logits, object_score_logits, flags)
+        return self.memory_writer.encode(
+            feats.image_embed, mask_logits, object_score_logits, flags, self.training
+        )
 
     def predict_masks(
         self,
@@ -299,16 +347,14 @@ class SAM2Model(nn.Module):
             else (mask_logits.shape[0] if mask_logits is not None else 1)
         )
         feats = features.expand(count)
-        fused = condition_on_memory(self, feats.image_embed, feats.image_pos, [None] * count)
-        return run_sam_heads(self, fused, feats.high_res, clicks, mask_logits, multimask)
+        fused = self.memory_readout.condition(feats.image_embed, feats.image_pos, [None] * count)
+        return self.sam_heads.run(fused, feats.high_res, clicks, mask_logits, multimask)
 
     def memory_grid_encoding(
         self, height: int, width: int, device: torch.device, dtype: torch.dtype
     ) -> torch.Tensor:
         """Sine position encoding of a memory map, flattened row-major: [h*w, mem_dim]."""
-        probe = torch.empty(1, self.mem_dim, height, width, device=device, dtype=dtype)
-        grid = self.memory_encoder.position_encoding(probe)[0]
-        return grid.flatten(1).transpose(0, 1)
+        return self.memory_readout.grid_encoding(height, width, device, dtype)
 
     def forward(self, *args, **kwargs):
         raise TypeError(

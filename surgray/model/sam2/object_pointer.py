@@ -6,11 +6,16 @@ mixed with) the learned `no_obj_ptr`. Later frames attend to past pointers as ex
 tokens, each tagged with a 1-D sine encoding of how far in time it lies (SAM2.1 signs the
 distance and projects the encoding with `obj_ptr_tpos_proj`; SAM2.0 adds none).
 
-The parameters belong to `SAM2Model` (their checkpoint keys are top-level); these functions
-receive them.
+`ObjectPointerHead` is this part of the network: it holds the pointer's parameters
+(`obj_ptr_proj`, `no_obj_ptr`, `obj_ptr_tpos_proj`) and settings, and nothing else of the
+model. The parameters stay registered on `SAM2Model` under the reference's top-level names
+(the checkpoint key layout, the training configs' name prefixes and the optimizer's parameter
+order are contracts), so `SAM2Model.pointer_head` hands out a fresh head over them per call.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -100,3 +105,32 @@ def pointer_memory_tokens(
     tokens = pointers.reshape(batch, count * split, mem_dim)
     pos = pos.repeat_interleave(split, dim=1)
     return tokens, pos
+
+
+@dataclass(frozen=True)
+class ObjectPointerHead:
+    """The object-pointer part of SAM2: decoder token -> pointer, pointers -> memory tokens."""
+
+    proj: nn.Module  # `obj_ptr_proj`: decoder token -> pointer
+    no_obj_ptr: torch.Tensor | None  # learned pointer of an absent object (None: no scores)
+    tpos_proj: nn.Module  # `obj_ptr_tpos_proj`: temporal encoding -> memory width
+    cfg: ObjectPointerConfig
+    mem_dim: int
+
+    def from_token(self, token: torch.Tensor, object_score_logits: torch.Tensor) -> torch.Tensor:
+        """[B, C] decoder token -> [B, C] object pointer, with occlusion handling."""
+        return pointer_from_token(token, self.proj, object_score_logits, self.no_obj_ptr, self.cfg)
+
+    def with_presence(self, pointer: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+        """`mix_in_no_object` with this head's `no_obj_ptr` (unchanged without one)."""
+        if self.no_obj_ptr is None:
+            return pointer
+        return mix_in_no_object(pointer, presence, self.no_obj_ptr, self.cfg.fixed_no_obj_ptr)
+
+    def memory_tokens(
+        self, pointers: torch.Tensor, offsets: torch.Tensor, num_frames: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`pointer_memory_tokens` with this head's projection and widths."""
+        return pointer_memory_tokens(
+            pointers, offsets, self.cfg, self.tpos_proj, self.mem_dim, num_frames
+        )
