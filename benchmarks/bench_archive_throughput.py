@@ -1,5 +1,5 @@
-"""Archive throughput (issue 26, item 2): surgray's annotate job against the loop a user of
-Meta's reference would write, on the same archive, in one run.
+"""Archive throughput (issue 26, item 2): surgray's annotate job on Ray against the loop a user
+of Meta's reference would write, on the same archive, interleaved in one run.
 
 The archive: N synthetic surgical videos (MP4 on disk, seeded), 3 objects each prompted by a
 box on frame 0 (the ground truth's largest objects), the reference scenario's network
@@ -7,26 +7,37 @@ box on frame 0 (the ground truth's largest objects), the reference scenario's ne
 
 Sides, each a fresh process (2 torch threads, OMP_WAIT_POLICY=PASSIVE, niced alike):
 - `reference`: a plain loop over `SAM2VideoPredictor` (sam2 1.1.0) as its README teaches:
-  per video, frames extracted from the MP4 to a folder (PyAV; without decord, which this
-  machine lacks, the reference's `init_state` reads only JPEG folders; the frames are written
-  losslessly, PNG data under .jpg names, which its PIL loader opens by content, so both sides
-  see the same pixels), `init_state`, `add_new_points_or_box` per object,
-  `propagate_in_video`, every mask RLE-encoded with pycocotools and the video's rows written
-  to one Parquet file.
-- `exact` / `fast`: surgray's annotate job with `model.precision` fp32 / fast, run in one
-  process without Ray (`prepare_job` then the actor's `SegmentAnnotator.annotate_rows`: the
-  job's own decode, tracking, RLE and Parquet parts; Ray's scheduling is not counted, so
-  this is the rate of one actor).
+  per video, frames extracted from the MP4 to a folder with PyAV (its README's route for
+  videos; without decord, which this machine lacks, `init_state` reads only JPEG folders; the
+  frames are written losslessly, PNG data under .jpg names, which its PIL loader opens by
+  content, so both sides see the same pixels), `init_state`, `add_new_points_or_box` per
+  object, `propagate_in_video`, every mask RLE-encoded with pycocotools and the video's rows
+  written to one Parquet file.
+- `exact` / `fast`: surgray's annotate job as a user runs it on one machine, through the CLI's
+  own entry point (`python -m surgray.annotate.cli --config ... --num-cpus <threads>`, what
+  `surgray annotate` runs): it starts its own local Ray, plans, runs Ray Data's actor pool and
+  finalizes; `model.precision` fp32 / fast, one actor (`num_cpus` 1, `torch_threads` =
+  threads), one video per step.
 Hole filling is off on every side: the reference's needs its CUDA extension and skips it on
-CPU, so surgray's default fill is switched off for comparable masks.
+CPU, so the checkpoint's `prompting.fill_hole_area` is 0 for comparable masks.
 
-Wall time runs from the first video opened to the last row written (model loading excluded on
-every side); peak memory is the worker process's high-water mark (VmHWM, model included).
-Masks are compared with the reference's row by row (frame, object): `identical` means every
-mask agrees on >= 99.9% of its pixels.
+Repetitions are interleaved (reference, exact, fast, then the next round with the order
+rotated) so a shared machine's load hits every side alike; each round gives paired ratios.
 
-    .venv/bin/python benchmarks/bench_archive_throughput.py                 # 8 x 48 frames
-    .venv/bin/python benchmarks/bench_archive_throughput.py --videos 2 --frames 16
+Time. `wall s`: from the first video opened to the last mask row written (the reference
+measures it in its loop; for the job it is read from its outputs: the last Parquet part's
+mtime, and the first video's last part mtime less its status record's `wall_s`). Model
+loading, Ray's start and the job's planning are outside it; `process s` is the whole process
+(imports, model load, and for the job its planning, Ray Data and the actor's start).
+Memory: `tree RSS` / `tree PSS` are the peak sums over the side's whole process tree (for the
+job: the CLI driver and its Ray: GCS, raylet, workers), sampled from /proc every 0.25 s
+(`proc_memory.py`); `largest process RSS` is the peak of the biggest single process (the
+reference's loop; the job's model actor).
+Masks: compared with the reference's row by row (frame, object): `identical` means every mask
+agrees on >= 99.9% of its pixels.
+
+    .venv/bin/python benchmarks/bench_archive_throughput.py                 # 8 x 48, 1 round
+    .venv/bin/python benchmarks/bench_archive_throughput.py --videos 2 --frames 24 --rounds 2
     .venv/bin/python benchmarks/bench_archive_throughput.py --quick         # micro, seconds
 """
 
@@ -35,6 +46,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,30 +59,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     MB,
     add_repo_paths,
+    child_env,
+    interleaved_order,
     machine_line,
     peak_rss,
     pin_threads,
     print_table,
-    run_worker,
 )
+from proc_memory import TreeSampler  # noqa: E402
 
 add_repo_paths()
 SCRIPT = Path(__file__).resolve()
 SIDES = ("reference", "exact", "fast")
 IDENTICAL = 0.999
+NICE = 5
 
 
 # ------------------------------------------------------------------ the archive
 def model_config(args):
     from surgray.model.checkpoints.variants import get_variant, micro_config
 
-    if args.variant == "micro":
-        return micro_config(args.image_size)
-    return get_variant(args.variant, image_size=args.image_size)
+    cfg = micro_config(args.image_size) if args.variant == "micro" else None
+    cfg = cfg or get_variant(args.variant, image_size=args.image_size)
+    # The reference cannot fill holes on CPU; the job's checkpoint records 0 so both match.
+    return cfg.updated(prompting={"fill_hole_area": 0})
 
 
 def prepare(folder: Path, args) -> None:
-    """Videos, manifest, weights (reference state dict and a surgray checkpoint)."""
+    """Videos, manifest, weights (reference state dict and a surgray checkpoint), job configs."""
     import torch
     from runners import random_weights
 
@@ -112,9 +129,27 @@ def prepare(folder: Path, args) -> None:
     model.load_state_dict(state, strict=True)
     save_checkpoint(model, str(folder / "model.pt"))
     (folder / "config.json").write_text(cfg.model_dump_json())
+    for side, precision in (("exact", "fp32"), ("fast", "fast")):
+        job = {
+            "inputs": {"manifest": str(folder / "manifest.jsonl")},
+            "output": {"prefix": str(folder / "out-placeholder")},  # --output per run
+            "model": {
+                "variant": "micro" if args.variant == "micro" else args.variant,
+                "checkpoint": str(folder / "model.pt"),
+                "image_size": args.image_size,
+                "policy": "recent",
+                "precision": precision,
+            },
+            "actors": {"count": 1, "num_cpus": 1, "torch_threads": args.threads},
+            "batching": {"videos_per_step": args.videos_per_step},
+            "privacy": {"hash_video_ids": False},
+            "exports": ["parquet"],
+        }
+        # JSON is YAML: the CLI reads it as its config file.
+        (folder / f"job-{side}.yaml").write_text(json.dumps(job, indent=1))
 
 
-# ------------------------------------------------------------------ workers
+# ------------------------------------------------------------------ the reference's loop
 def reference_worker(folder: Path, out: Path) -> dict:
     import av
     import pyarrow as pa
@@ -122,8 +157,8 @@ def reference_worker(folder: Path, out: Path) -> dict:
     import torch
     from PIL import Image
     from pycocotools import mask as mask_utils
-    from sam2_reference import build_reference
 
+    from devtools.sam2_reference import build_reference
     from surgray.model.sam2.config import ModelConfig
 
     cfg = ModelConfig.model_validate_json((folder / "config.json").read_text())
@@ -133,7 +168,7 @@ def reference_worker(folder: Path, out: Path) -> dict:
     tasks = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
     out.mkdir(parents=True)
     frames = 0
-    started = time.perf_counter()
+    first_open = time.time()
     for task in tasks:
         with tempfile.TemporaryDirectory() as frame_dir:
             with av.open(task["video_uri"]) as container:
@@ -160,56 +195,74 @@ def reference_worker(folder: Path, out: Path) -> dict:
                 predictor.reset_state(state)
             table = pa.Table.from_pydict(rows)
             pq.write_table(table, out / f"video_id={task['video_id']}.parquet")
-    wall = time.perf_counter() - started
-    return {"frames": frames, "wall_s": wall, "peak_rss": peak_rss()}
-
-
-def surgray_worker(folder: Path, out: Path, precision: str, threads: int) -> dict:
-    from surgray.annotate.actor import SegmentAnnotator
-    from surgray.annotate.config import AnnotateConfig
-    from surgray.annotate.driver import prepare_job
-    from surgray.model.sam2.config import ModelConfig
-
-    cfg = ModelConfig.model_validate_json((folder / "config.json").read_text())
-    variant = "micro" if cfg.image_encoder.trunk.embed_dim < 96 else "sam2.1_hiera_tiny"
-    config = AnnotateConfig.from_dict(
-        {
-            "inputs": {"manifest": str(folder / "manifest.jsonl")},
-            "output": {"prefix": str(out)},
-            "model": {
-                "variant": variant,
-                "checkpoint": str(folder / "model.pt"),
-                "image_size": cfg.image_size,
-                "policy": "recent",
-                "precision": precision,
-            },
-            "actors": {"count": 1, "num_cpus": threads, "torch_threads": threads},
-            "privacy": {"hash_video_ids": False},
-            "exports": ["parquet"],
-        },
-        source=f"bench_archive_throughput {precision}",
-    )
-    annotator = SegmentAnnotator(config, postprocess={"fill_hole_area": 0}, device="cpu")
-    started = time.perf_counter()
-    plan = prepare_job(config)
-    results = annotator.annotate_rows(plan.rows)
-    wall = time.perf_counter() - started
-    failed = [r for r in results if getattr(r, "error", None)]
-    if failed:
-        raise RuntimeError(f"{len(failed)} work items failed: {failed[0]}")
-    frames = sum(int(getattr(r, "frames", 0)) for r in results)
-    return {"frames": frames, "wall_s": wall, "peak_rss": peak_rss()}
+    last_row = time.time()
+    return {"frames": frames, "first_open": first_open, "last_row": last_row, "vmhwm": peak_rss()}
 
 
 def worker_main(args) -> None:
     pin_threads(args.threads)
-    folder, out = Path(args.folder), Path(args.out)
-    if args.worker == "reference":
-        result = reference_worker(folder, out)
-    else:
-        result = surgray_worker(folder, out, "fp32" if args.worker == "exact" else "fast",
-                                args.threads)  # fmt: skip
+    result = reference_worker(Path(args.folder), Path(args.out))
     Path(args.result).write_text(json.dumps(result))
+
+
+# ------------------------------------------------------------------ the job's side
+def job_times(out: Path) -> dict:
+    """Frames, first video opened and last row written, from the job's outputs (see the
+    module docstring), and the failed videos' errors."""
+    frames, starts, ends, errors = 0, [], [], []
+    for status_path in sorted((out / "status").glob("video_id=*.json")):
+        status = json.loads(status_path.read_text())
+        if status["state"] != "done":
+            errors.append(f"{status['video_id']}: {status['error']}")
+            continue
+        video_dir = out / "masks" / f"video_id={status['video_id']}"
+        last = max(p.stat().st_mtime for p in video_dir.glob("*.parquet"))
+        frames += int(status["frames"])
+        starts.append(last - float(status["wall_s"]))
+        ends.append(last)
+    if errors or not ends:
+        raise RuntimeError(f"the job failed: {errors or 'no status records'}")
+    return {"frames": frames, "first_open": min(starts), "last_row": max(ends)}
+
+
+# ------------------------------------------------------------------ one run of a side
+def run_side(side: str, folder: Path, out: Path, args, env) -> dict:
+    if side == "reference":
+        result_path = folder / f"result-{out.name}.json"
+        cmd = [sys.executable, str(SCRIPT), "--worker", "--folder", str(folder),
+               "--out", str(out), "--threads", str(args.threads), "--result", str(result_path)]  # fmt: skip
+    else:
+        # `surgray annotate` as a user runs it on one machine: it starts its own local Ray
+        # (GCS, raylet, workers: all children of this process, so all in the sampled tree).
+        cmd = [sys.executable, "-m", "surgray.annotate.cli", "--config",
+               str(folder / f"job-{side}.yaml"), "--num-cpus", str(args.threads),
+               "--ray-temp-dir", str(folder / f"ray-{out.name}"), "--output", str(out),
+               "--quiet"]  # fmt: skip
+    started = time.monotonic()
+    proc = subprocess.Popen(["nice", "-n", str(NICE), *cmd], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=folder)  # fmt: skip
+    sampler = TreeSampler([proc.pid]).start()
+    try:
+        text, _ = proc.communicate(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        sampler.stop()
+        raise
+    peak = sampler.stop()
+    process_s = time.monotonic() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{side} failed (rc {proc.returncode}):\n{text[-3000:]}")
+    times = json.loads(result_path.read_text()) if side == "reference" else job_times(out)
+    return {
+        **times,
+        "wall_s": times["last_row"] - times["first_open"],
+        "process_s": process_s,
+        "tree_rss": peak.rss,
+        "tree_pss": peak.pss,
+        "largest_rss": peak.largest_rss,
+        "processes": peak.processes,
+        "load": os.getloadavg()[0],
+    }
 
 
 # ------------------------------------------------------------------ masks
@@ -219,7 +272,10 @@ def read_masks(out: Path) -> dict[tuple[str, int, int], dict]:
 
     masks = {}
     for path in sorted(out.rglob("*.parquet")):
-        video_id = next(p for p in path.parts if p.startswith("video_id=")).split("=", 1)[1]
+        named = [p for p in path.relative_to(out).parts if p.startswith("video_id=")]
+        if not named:  # the job's other tables (plans, summaries): not mask rows
+            continue
+        video_id = named[0].split("=", 1)[1]
         video_id = video_id.removesuffix(".parquet")
         table = pq.read_table(path, columns=["frame_idx", "obj_id", "rle_counts", "rle_size"])
         for row in table.to_pylist():
@@ -234,17 +290,18 @@ def compare(ours: dict, reference: dict) -> str:
     if set(ours) != set(reference):
         missing, extra = len(set(reference) - set(ours)), len(set(ours) - set(reference))
         return f"DIFFERENT rows: {missing} missing, {extra} extra"
-    worst, total, equal, coverage = 1.0, 0, 0, 0.0
+    worst, total, equal, coverage, agree_all = 1.0, 0, 0, 0.0, 0.0
     for key, rle in reference.items():
         a, b = mask_utils.decode(ours[key]).astype(bool), mask_utils.decode(rle).astype(bool)
         agree = float((a == b).mean())
-        worst, total = min(worst, agree), total + 1
+        worst, total, agree_all = min(worst, agree), total + 1, agree_all + agree
         equal += int(np.array_equal(a, b))
         coverage += float(b.mean())
     verdict = "identical" if worst >= IDENTICAL else "DIFFERENT"
     return (
-        f"{verdict}: worst pixel agreement {100 * worst:.2f}%, {equal}/{total} masks equal "
-        f"(ref. masks cover {100 * coverage / max(total, 1):.0f}%)"
+        f"{verdict}: pixel agreement {100 * agree_all / max(total, 1):.2f}% (worst mask "
+        f"{100 * worst:.2f}%), {equal}/{total} masks equal (ref. masks cover "
+        f"{100 * coverage / max(total, 1):.0f}%)"
     )
 
 
@@ -260,9 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=None, help="video side (default image size)")
     parser.add_argument("--seed", type=int, default=1, help="random weights (reference scenario)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions")
+    parser.add_argument("--videos-per-step", type=int, default=1, help="the job's K")
     parser.add_argument("--sides", default=",".join(SIDES))
-    parser.add_argument("--timeout", type=float, default=7200)
-    parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--timeout", type=float, default=7200, help="seconds per run")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -282,45 +341,73 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sides: reference plus any of {', '.join(SIDES)}")
     print(machine_line(args.threads), flush=True)
     load_start = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    with tempfile.TemporaryDirectory(prefix="surgray-archive-") as tmp:
-        folder = Path(tmp)
+    env = {**child_env(args.threads), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env["PYTHONPATH"] = os.pathsep.join([str(SCRIPT.parents[1]), env.get("PYTHONPATH", "")])
+    runs: list[tuple[int, str, dict]] = []
+    masks: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="sgr-tp-", dir="/tmp") as tmp:
+        folder = Path(tmp)  # short: Ray's socket paths live under it
         prepare(folder, args)
-        results, masks = {}, {}
-        for side in sides:
-            out = folder / f"out-{side}"
-            worker_args = ["--worker", side, "--folder", str(folder), "--out", str(out),
-                           "--threads", str(args.threads), "--result", str(folder / f"{side}.json")]  # fmt: skip
-            results[side] = run_worker(SCRIPT, worker_args, args.threads, args.timeout)
-            masks[side] = read_masks(out)
-            print(f"[archive] {side}: {results[side]['frames']} frames in "
-                  f"{results[side]['wall_s']:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
-    ref = results["reference"]
-    ref_fps = ref["frames"] / ref["wall_s"]
+        for round_, side in interleaved_order(sides, args.rounds):
+            out = folder / f"out-{side}-{round_}"
+            result = run_side(side, folder, out, args, env)
+            runs.append((round_, side, result))
+            if side not in masks:  # every round writes the same masks
+                masks[side] = read_masks(out)
+            print(f"[archive] round {round_ + 1} {side}: {result['frames']} frames in "
+                  f"{result['wall_s']:.1f} s (process {result['process_s']:.1f} s), "
+                  f"load {result['load']:.1f}", file=sys.stderr, flush=True)  # fmt: skip
+    print_tables(args, sides, runs, masks)
+    load_end = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"load average at start {load_start}, at end {load_end}; {machine_line(args.threads)}")
+    return 0
+
+
+def print_tables(args, sides, runs, masks) -> None:
+    by_round: dict[int, dict[str, dict]] = {}
+    for round_, side, result in runs:
+        by_round.setdefault(round_, {})[side] = result
+    per_run = []
+    for round_, side, r in runs:
+        ref = by_round[round_]["reference"]
+        ratio = (r["frames"] / r["wall_s"]) / (ref["frames"] / ref["wall_s"])
+        per_run.append([str(round_ + 1), side, f"{r['wall_s']:.1f}", f"{r['process_s']:.1f}",
+                        f"{ratio:.2f}x", f"{r['load']:.1f}"])  # fmt: skip
+    print_table("Runs in order", ["round", "side", "wall s", "process s", "vs reference (this round)",
+                                  "load (1 min) after"], per_run)  # fmt: skip
     rows = []
     for side in sides:
-        r = results[side]
-        fps = r["frames"] / r["wall_s"]
+        mine = [by_round[k][side] for k in sorted(by_round)]
+        ratios = [
+            (by_round[k][side]["frames"] / by_round[k][side]["wall_s"])
+            / (by_round[k]["reference"]["frames"] / by_round[k]["reference"]["wall_s"])
+            for k in sorted(by_round)
+        ]
+        wall = statistics.median(r["wall_s"] for r in mine)
+        frames = mine[0]["frames"]
         rows.append(
             [
                 side,
-                str(r["frames"]),
-                f"{r['wall_s']:.1f}",
-                f"{fps:.3f}",
-                f"{fps / ref_fps:.2f}x",
-                f"{r['peak_rss'] / MB:.0f}",
+                str(frames),
+                f"{wall:.1f}",
+                f"{frames / wall:.3f}",
+                f"{statistics.median(ratios):.2f}x",
+                f"{statistics.median(r['process_s'] for r in mine):.1f}",
+                f"{max(r['tree_rss'] for r in mine) / MB:.0f}",
+                f"{max(r['tree_pss'] for r in mine) / MB:.0f}",
+                f"{max(r['largest_rss'] for r in mine) / MB:.0f}",
+                f"{max(r['processes'] for r in mine)}",
                 "reference" if side == "reference" else compare(masks[side], masks["reference"]),
             ]
         )
     title = (
         f"Archive throughput: {args.videos} videos x {args.frames} frames at {args.size}x"
         f"{args.size}, {args.objects} box-prompted objects, {args.variant} at {args.image_size}px,"
-        f" random weights (seed {args.seed}), {args.threads} threads"
+        f" random weights (seed {args.seed}), {args.threads} threads, {args.rounds} round(s)"
     )
-    header = ["side", "frames", "wall s", "frames/s", "vs reference", "peak RSS MB", "masks"]
+    header = ["side", "frames", "wall s", "frames/s", "vs reference", "process s",
+              "peak tree RSS MB", "peak tree PSS MB", "largest process RSS MB", "processes", "masks"]  # fmt: skip
     print_table(title, header, rows)
-    load_end = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"load average at start {load_start}, at end {load_end}; {machine_line(args.threads)}")
-    return 0
 
 
 if __name__ == "__main__":
