@@ -223,11 +223,17 @@ def test_rerun_skips_complete_videos_and_retries_failed_ones(first_run):
     config, _, _ = first_run
     layout = OutputLayout(config.output.prefix, config.storage_options())
     before = {v: layout.read_bytes(layout.marker_uri(v)) for v in ("short", "long1", "long2")}
+    from surgray.annotate.driver import local_work_rows
+    from surgray.annotate.plan_stage import OUTCOME_COLUMN
+
     plan = prepare_job(config)
     assert sorted(plan.skipped) == ["long1", "long2", "short"]
-    assert [r["video_id"] for r in plan.rows] == ["truncated"]  # failed: tried again
-    assert [s.video_id for s in plan.unreadable] == ["garbage"]
-    assert len(plan.rejected) == 2
+    # Failed or rejected before: tried again. Probing is the pipeline's (plan_stage), which
+    # finds garbage unreadable and late's prompt past the end, as the first run did.
+    assert sorted(r["video_id"] for r in plan.rows) == ["garbage", "late", "truncated"]
+    assert plan.unreadable == () and len(plan.rejected) == 1  # the bad JSON row
+    planned = {r["video_id"]: r[OUTCOME_COLUMN] for r in local_work_rows(plan)}
+    assert planned == {"garbage": "unreadable", "late": "rejected", "truncated": ""}
     assert {v: layout.read_bytes(layout.marker_uri(v)) for v in before} == before
 
 
