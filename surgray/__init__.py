@@ -18,7 +18,7 @@ _EXPORTS: dict[str, str] = {
     "build_model": "surgray.model.checkpoints.sam2_checkpoint",
     "build_resurgsam2": "surgray.model.checkpoints.referring_checkpoint",
     "load_network": "surgray.model.checkpoints.network_loading",
-    "ReferringConfig": "surgray.model.referring.resurgsam2",
+    "ReferringConfig": "surgray.model.referring.config",
     "ImagePredictor": "surgray.model.sam2.image_predictor",
     "CheckpointError": "surgray.model.checkpoints.sam2_checkpoint",
     # tracking a video

@@ -8,11 +8,12 @@ import math
 import pathlib
 
 import torch
-from sam2_reference import randomize_
 
+from devtools.sam2_reference import randomize_
 from surgray.model.checkpoints.variants import micro_config
+from surgray.model.referring.config import ReferringConfig
 from surgray.model.referring.cstmamba import CSTMambaConfig
-from surgray.model.referring.resurgsam2 import ReferringConfig, ReSurgSAM2
+from surgray.model.referring.resurgsam2 import ReSurgSAM2
 from surgray.model.referring.semantic_head import SemanticHeadConfig
 from surgray.model.text.encoder import TextEncoder
 

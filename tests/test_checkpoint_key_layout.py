@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from surgray.model.checkpoints.variants import get_variant, micro_config
+from surgray.model.referring.config import ReferringConfig
 from surgray.model.referring.cstmamba import CSTMambaConfig
-from surgray.model.referring.resurgsam2 import ReferringConfig, ReSurgSAM2
+from surgray.model.referring.resurgsam2 import ReSurgSAM2
 from surgray.model.referring.semantic_head import SemanticHeadConfig
 from surgray.model.referring.text_pixel import TextPixelConfig
 from surgray.model.sam2.network import SAM2Model

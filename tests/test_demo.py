@@ -37,8 +37,9 @@ def referring_checkpoint(tmp_path_factory) -> Path:
     """A random micro ReSurgSAM2 at 64 px with an embedded CLIP text tower (shipped vocab)."""
     from surgray.model.checkpoints.referring_checkpoint import save_referring_checkpoint
     from surgray.model.checkpoints.variants import micro_config
+    from surgray.model.referring.config import ReferringConfig
     from surgray.model.referring.cstmamba import CSTMambaConfig
-    from surgray.model.referring.resurgsam2 import ReferringConfig, ReSurgSAM2
+    from surgray.model.referring.resurgsam2 import ReSurgSAM2
     from surgray.model.text.tower import TextTowerConfig
 
     fusion = CSTMambaConfig.tiny()

@@ -7,8 +7,8 @@ import hashlib
 import pytest
 import torch
 from _referring_fixtures import tiny_referring_config
-from sam2_reference import randomize_
 
+from devtools.sam2_reference import randomize_
 from surgray.annotate.actor import load_model
 from surgray.annotate.config import AnnotateConfig
 from surgray.annotate.provenance import checkpoint_sha256
@@ -62,10 +62,10 @@ def test_a_plain_sam2_checkpoint_is_a_sam2_model_and_serve_refuses_it_for_text(t
 
 
 def test_the_released_resurgsam2_layout_is_recognised_without_metadata(tmp_path):
-    from surgray.model.referring.resurgsam2 import _default_referring
+    from surgray.model.referring.config import default_referring
 
     cfg = micro_config(64)
-    model = ReSurgSAM2(cfg, _default_referring(cfg))
+    model = ReSurgSAM2(cfg, default_referring(cfg))
     randomize_(model, 6)
     path = tmp_path / "released.pt"
     torch.save({"model": to_resurgsam2_layout(model.state_dict())}, path)

@@ -29,8 +29,9 @@ from surgray.model.checkpoints.sam2_checkpoint import (
     load_checkpoint,
 )
 from surgray.model.checkpoints.variants import micro_config
+from surgray.model.referring.config import ReferringConfig
 from surgray.model.referring.cstmamba import CSTMambaConfig
-from surgray.model.referring.resurgsam2 import ReferringConfig, ReSurgSAM2, referring_stage
+from surgray.model.referring.resurgsam2 import ReSurgSAM2, referring_stage
 from surgray.model.sam2.network import SAM2Model
 from surgray.model.text.encoder import TextEncoder
 from surgray.tracking.cifs import CIFSConfig

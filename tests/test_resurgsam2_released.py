@@ -223,8 +223,8 @@ def test_load_network_runs_a_released_file_with_the_preset(tmp_path):
     """The annotate job and Serve build through `load_network`: a released-layout file of a
     registered variant gets the preset too, with the text folder the caller names."""
     from surgray.model.checkpoints.network_loading import load_network
+    from surgray.model.referring.config import ReferringConfig
     from surgray.model.referring.cstmamba import CSTMambaConfig
-    from surgray.model.referring.resurgsam2 import ReferringConfig
 
     source = ReSurgSAM2(micro_config(128), ReferringConfig(fusion=CSTMambaConfig.tiny()))
     path = tmp_path / "released.pt"

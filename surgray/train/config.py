@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from surgray.config import validate_config
 from surgray.errors import UserError
-from surgray.model.referring.resurgsam2 import ReferringConfig
+from surgray.model.referring.config import ReferringConfig
 from surgray.train.losses import LossConfig
 from surgray.train.optim import OptimConfig
 from surgray.train.prompts import PromptSimConfig
@@ -63,7 +63,7 @@ class ModelSection(_Section):
         if self.referring is None:
             return self
         from surgray.model.checkpoints.variants import get_variant
-        from surgray.model.referring.resurgsam2 import check_referring_config
+        from surgray.model.referring.config import check_referring_config
 
         try:
             cfg = get_variant(self.variant, image_size=self.image_size, **self.overrides)

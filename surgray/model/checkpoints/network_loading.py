@@ -4,7 +4,8 @@ Every place that builds a model from a user's checkpoint (the annotate job's act
 replicas) goes through `load_network`, so they accept the same files and refuse the same
 mistakes. A checkpoint is referring when our metadata carries its `ReferringConfig` or when it
 holds the released ReSurgSAM2 keys; a released one (no config of ours) runs with the
-`resurgsam2_released` preset, network settings included (`surgray.model.checkpoints.resurgsam2_released`).
+`resurgsam2_released` preset, network settings included
+(`surgray.model.checkpoints.resurgsam2_released`).
 
 Which text features a referring network uses:
 
@@ -33,7 +34,7 @@ from surgray.model.checkpoints.sam2_checkpoint import (
 if TYPE_CHECKING:
     import torch
 
-    from surgray.model.referring.resurgsam2 import ReferringConfig
+    from surgray.model.referring.config import ReferringConfig
     from surgray.model.sam2.config import ModelConfig
     from surgray.model.sam2.network import SAM2Model
 
@@ -71,10 +72,10 @@ def referring_config_for(
     """The checkpoint's referring config (the network's default when it records none), with
     `text_encoder` in place of the folder it names."""
     from surgray.model.checkpoints.referring_checkpoint import REFERRING_METADATA_KEY
-    from surgray.model.referring.resurgsam2 import ReferringConfig, _default_referring
+    from surgray.model.referring.config import ReferringConfig, default_referring
 
     saved = (metadata or {}).get(REFERRING_METADATA_KEY)
-    referring = ReferringConfig.model_validate_json(saved) if saved else _default_referring(cfg)
+    referring = ReferringConfig.model_validate_json(saved) if saved else default_referring(cfg)
     if text_encoder is None:
         return referring
     if referring.text_tower is not None:

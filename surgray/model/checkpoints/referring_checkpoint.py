@@ -2,8 +2,9 @@
 
 A released ReSurgSAM2 checkpoint (`{"model": state_dict}` from its trainer) holds the SAM2.1
 keys unchanged plus the referring parts under the names of its `SAM2Base`. Ours keep every
-referring parameter under `cross_modal_fusion.` (see `surgray.model.referring.resurgsam2`). The mapping
-is a prefix rename, applied to the first matching row, and is its own inverse row by row:
+referring parameter under `cross_modal_fusion.` (see `surgray.model.referring.resurgsam2`).
+The mapping is a prefix rename, applied to the first matching row, and is its own inverse
+row by row:
 
 | released key prefix                                         | ours                                            |
 |-------------------------------------------------------------|-------------------------------------------------|
@@ -44,7 +45,8 @@ from surgray.model.checkpoints.sam2_checkpoint import (
     save_checkpoint,
     stored_or_variant_config,
 )
-from surgray.model.referring.resurgsam2 import ReferringConfig, ReSurgSAM2
+from surgray.model.referring.config import ReferringConfig
+from surgray.model.referring.resurgsam2 import ReSurgSAM2
 from surgray.model.sam2.config import ModelConfig
 
 log = logging.getLogger(__name__)

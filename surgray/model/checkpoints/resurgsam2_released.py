@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
+from surgray.model.referring.config import ReferringConfig
 from surgray.model.referring.cstmamba import CSTMambaConfig
-from surgray.model.referring.resurgsam2 import ReferringConfig
 from surgray.model.sam2.config import ModelConfig
 
 PRESET_NAME = "resurgsam2_released"

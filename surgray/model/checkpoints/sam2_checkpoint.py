@@ -18,7 +18,7 @@ Modules without a published checkpoint (their keys are ours; add a row when addi
 |----------------------|--------------------------|----------------------------------------------|
 | `long_term_tpos_enc` | [N, 1, 1, mem_dim]       | `memory.num_long_term_embeddings = N > 0`    |
 |                      |                          | (SAM2S DiveMem long-term temporal slots)     |
-| `cross_modal_fusion` | CSTMamba: token          | `ReSurgSAM2` (`surgray.model.referring.resurgsam2`);    |
+| `cross_modal_fusion` | CSTMamba: token          | `ReSurgSAM2` (`referring.resurgsam2`);       |
 |                      | projection, class token, | released ReSurgSAM2 checkpoints lay it out   |
 |                      | blocks, language fusion  | differently: table in `referring_checkpoint` |
 | `semantic_head`      | SAM2S TSL head           | `ReferringConfig.semantic_head` is set       |

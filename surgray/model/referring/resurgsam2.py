@@ -1,12 +1,15 @@
 """ReSurgSAM2: SAM2 plus text-referred segmentation (ReSurgSAM2, MICCAI 2025: its stage 1).
 
+Its settings are a `ReferringConfig` (`surgray.model.referring.config`).
+
 `ReSurgSAM2` is a `SAM2Model` (so the tracker, the memory policies and the SAM2 checkpoints
 work unchanged) with these additions:
 
 - `cross_modal_fusion`: the referring head, a `CSTMamba`. It holds everything ReSurgSAM2 adds
   for text: the token projection of CLIP features, the class token, the temporal encoding, the
   fusion blocks and `language_fusion_mlp`, so its keys form one subtree (the released code
-  scatters three of them; `surgray.model.checkpoints.referring_checkpoint` maps between the two layouts).
+  scatters three of them; `surgray.model.checkpoints.referring_checkpoint` maps between the
+  two layouts).
 - `semantic_head` (optional): SAM2S's temporal semantic learning head, which names the
   category of a tracked object among `ReferringConfig.categories`.
 - `text_pixel` (optional, ours): a stride-8 text-pixel term added to the stage-1 mask logits
@@ -47,115 +50,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from surgray.model.referring.category_probes import CategoryProbes
-from surgray.model.referring.cifs_config import CIFSConfig
-from surgray.model.referring.cstmamba import CSTMamba, CSTMambaConfig
-from surgray.model.referring.semantic_head import SemanticHead, SemanticHeadConfig
-from surgray.model.referring.text_pixel import TextPixelConfig, TextPixelHead
+from surgray.model.referring.config import (
+    ReferringConfig,
+    check_referring_config,
+    default_referring,
+)
+from surgray.model.referring.cstmamba import CSTMamba
+from surgray.model.referring.semantic_head import SemanticHead
+from surgray.model.referring.text_pixel import TextPixelHead
 from surgray.model.referring.tracking import track_frame_with_text
 from surgray.model.sam2.config import ModelConfig
 from surgray.model.sam2.frame_types import FrameFeatures, FrameOutput, HeadsOutput, ObjectPrompt
 from surgray.model.sam2.memory_types import MemorySelection
 from surgray.model.sam2.network import SAM2Model
 from surgray.model.text.encoder import TextEncoder, TextFeatures
-from surgray.model.text.tower import TextTowerConfig, build_text_tower
-
-
-class ReferringConfig(BaseModel):
-    """What ReSurgSAM2 adds to a SAM2 config."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    fusion: CSTMambaConfig = CSTMambaConfig()
-    # transformers CLIP text directory (config.json, weights, tokenizer files): local or URI.
-    text_encoder: str | None = None
-    # Or a small tower trained and saved with the model (exclusive with text_encoder).
-    text_tower: TextTowerConfig | None = None
-    text_overflow: Literal["truncate", "error"] = "truncate"
-    text_cache_size: int = Field(1024, ge=1)
-    semantic_head: SemanticHeadConfig | None = None
-    categories: tuple[str, ...] = ()  # names the semantic head chooses among
-    # Vocabulary of the training-only category probes (`surgray.model.referring.category_probes`):
-    # instrument and tissue names whose losses (`loss.text_category`, `loss.pixel_category`)
-    # keep the fused text and the image features telling categories apart. Empty: no probes.
-    grounding_categories: tuple[str, ...] = ()
-    # A stride-8 text-pixel term on stage-1 masks (`surgray.model.referring.text_pixel`); None: off, as
-    # in ReSurgSAM2.
-    text_pixel: TextPixelConfig | None = None
-    cifs: CIFSConfig = CIFSConfig()  # default stage switch of text objects in the tracker
-    # Stage 1 decodes 3 candidates and keeps the one with the highest predicted IoU, as
-    # ReSurgSAM2 does. With one mask the loss makes the fused text choose the object itself
-    # instead of leaving the choice to the IoU head (the small demo model grounds text better).
-    stage1_multimask: bool = True
-    # Tracked frames of text objects also get the projected text token
-    # (`language_fusion_mlp(token_projection(pooled text))`) as a sparse prompt to the
-    # decoder, as the released model does (`forward_text_emb`). Off: stage-1 frames only,
-    # what our checkpoints were trained with.
-    tracked_text_token: bool = False
-    # The memory policy of text objects (`{"name": "dlm", ...}`, parsed by the tracker);
-    # None: the video's policy. The released preset names the released DLM.
-    text_memory_policy: dict[str, Any] | None = None
-    # Which preset made this config (`resurgsam2_released` for released checkpoints), if any.
-    preset: str | None = None
-
-    @model_validator(mode="after")
-    def _one_text_source(self) -> ReferringConfig:
-        if self.text_encoder is not None and self.text_tower is not None:
-            raise ValueError(_BOTH_TEXT_SOURCES)
-        return self
-
-
-_BOTH_TEXT_SOURCES = (
-    "text_encoder and text_tower are both set: use text_encoder for a frozen CLIP folder or "
-    "text_tower for a tower trained inside the model, not both"
-)
-
-
-def check_referring_config(cfg: ModelConfig, referring: ReferringConfig) -> None:
-    """Raise a ValueError naming every field that does not fit the SAM2 network."""
-    problems = []
-    if referring.fusion.d_model != cfg.hidden_dim:
-        problems.append(
-            f"fusion.d_model {referring.fusion.d_model} != the neck's d_model {cfg.hidden_dim}"
-        )
-    head = referring.semantic_head
-    if head is not None:
-        if head.d_model != cfg.hidden_dim:
-            problems.append(f"semantic_head.d_model {head.d_model} != {cfg.hidden_dim}")
-        if head.memory_dim != cfg.mem_dim:
-            problems.append(f"semantic_head.memory_dim {head.memory_dim} != {cfg.mem_dim}")
-    tower = referring.text_tower
-    if tower is not None:
-        if referring.text_encoder is not None:  # model_copy(update=...) skips the validator
-            problems.append(_BOTH_TEXT_SOURCES)
-        if referring.fusion.text_dim != tower.token_width:
-            problems.append(
-                f"fusion.text_dim {referring.fusion.text_dim} != text_tower.width "
-                f"{tower.token_width}"
-            )
-        if head is not None and head.text_dim != tower.embedding_width:
-            source = "projection_dim" if tower.projection_dim is not None else "width"
-            problems.append(
-                f"semantic_head.text_dim {head.text_dim} != text_tower.{source} "
-                f"{tower.embedding_width}"
-            )
-    if referring.tracked_text_token and not referring.fusion.forward_text_emb:
-        problems.append(
-            "tracked_text_token needs fusion.forward_text_emb (its language_fusion_mlp)"
-        )
-    if referring.categories and head is None:
-        problems.append("categories are given but there is no semantic_head to choose among them")
-    for field in ("categories", "grounding_categories"):
-        names = getattr(referring, field)
-        if len(set(names)) != len(names):
-            problems.append(f"{field} repeat a name: {list(names)}")
-    if problems:
-        raise ValueError("referring config does not fit the model: " + "; ".join(problems))
+from surgray.model.text.tower import build_text_tower
 
 
 class ReSurgSAM2(SAM2Model):
@@ -168,7 +81,7 @@ class ReSurgSAM2(SAM2Model):
         text_encoder: TextEncoder | None = None,
     ) -> None:
         super().__init__(cfg)
-        referring = referring if referring is not None else _default_referring(cfg)
+        referring = referring if referring is not None else default_referring(cfg)
         check_referring_config(cfg, referring)
         self.referring_cfg = referring
         self.cross_modal_fusion = CSTMamba(referring.fusion)
@@ -382,13 +295,6 @@ class _CategoryCache:
     embeddings: torch.Tensor
     device: torch.device
     version: tuple[int, ...]  # the embedded tower's weights_version(); () for a frozen encoder
-
-
-def _default_referring(cfg: ModelConfig) -> ReferringConfig:
-    """ReSurgSAM2's fusion at the network's width (Hiera-S: 256, the published model)."""
-    if cfg.hidden_dim == CSTMambaConfig().d_model:
-        return ReferringConfig()
-    return ReferringConfig(fusion=CSTMambaConfig(d_model=cfg.hidden_dim))
 
 
 def referring_stage(

@@ -251,3 +251,35 @@ def _deep_update(target: dict, changes: dict) -> None:
             _deep_update(target[key], value)
         else:
             target[key] = value
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """Raise a ValueError naming the fields of a config that cannot make a working network."""
+    hidden, mem = cfg.hidden_dim, cfg.mem_dim
+    problems = []
+    if cfg.image_size % cfg.backbone_stride:
+        problems.append(f"image_size {cfg.image_size} is not a multiple of backbone_stride")
+    if cfg.memory_attention.d_model != hidden:
+        problems.append(
+            f"memory_attention.d_model {cfg.memory_attention.d_model} != neck d_model {hidden}"
+        )
+    if cfg.memory_encoder.in_dim != hidden:
+        problems.append(
+            f"memory_encoder.in_dim {cfg.memory_encoder.in_dim} != neck d_model {hidden}"
+        )
+    kv = cfg.memory_attention.layer.cross_attention.kv_in_dim
+    if kv is not None and kv != mem:
+        problems.append(f"cross_attention.kv_in_dim {kv} != memory_encoder.out_dim {mem}")
+    ptr = cfg.object_pointer
+    if ptr.proj_tpos_enc_in_obj_ptrs and not ptr.add_tpos_enc_to_obj_ptrs:
+        problems.append("proj_tpos_enc_in_obj_ptrs needs add_tpos_enc_to_obj_ptrs")
+    if ptr.fixed_no_obj_ptr and not (
+        cfg.mask_decoder.pred_obj_scores and ptr.use_obj_ptrs_in_encoder
+    ):
+        problems.append("fixed_no_obj_ptr needs pred_obj_scores and use_obj_ptrs_in_encoder")
+    if ptr.use_obj_ptrs_in_encoder and hidden % mem:
+        problems.append(f"pointer width {hidden} is not a multiple of memory width {mem}")
+    if not cfg.memory.directly_add_no_mem_embed and mem != hidden:
+        problems.append("directly_add_no_mem_embed=False needs memory_encoder.out_dim == d_model")
+    if problems:
+        raise ValueError(f"model config {cfg.name!r} is inconsistent: " + "; ".join(problems))
