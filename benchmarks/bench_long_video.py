@@ -52,11 +52,10 @@ def _frame(t: int, size: int):
 
 
 def worker(policy: str, frames: int, size: int) -> dict:
-    for path in (REPO_ROOT, REPO_ROOT / "tests"):
-        sys.path.insert(0, str(path))
+    sys.path.insert(0, str(REPO_ROOT))
     import torch
-    from sam2_reference import randomize_
 
+    from devtools.sam2_reference import randomize_
     from surgray.model.checkpoints.variants import micro_config
     from surgray.model.sam2.network import SAM2Model
     from surgray.tracking.tracker import Tracker

@@ -32,8 +32,9 @@ MB = 1024 * 1024
 
 
 def add_repo_paths() -> None:
-    """Make `surgray` and the tests' reference helpers importable from a script run directly."""
-    for path in (REPO_ROOT, REPO_ROOT / "tests", REPO_ROOT / "benchmarks"):
+    """Make `surgray`, `devtools` (the reference runner shared with the tests) and the
+    benchmarks' own modules importable from a script run directly."""
+    for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
 

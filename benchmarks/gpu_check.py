@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEPS = REPO / "build" / "gpu_deps"
 PURE_PYTHON_DEPS = ("sam2", "hydra", "omegaconf", "antlr4", "iopath", "portalocker")
 PYDANTIC_WHEELS = ("pydantic",)  # with its dependencies: pydantic-core's matching version
-for _path in (REPO, REPO / "benchmarks", REPO / "tests"):
+for _path in (REPO, REPO / "benchmarks"):
     sys.path.insert(0, str(_path))
 if DEPS.is_dir():
     sys.path.append(str(DEPS))
@@ -215,8 +215,8 @@ def reference_run(cfg, state, clip, boxes, device, dtype, videos: int) -> tuple[
     import numpy as np
     import torch
     from PIL import Image
-    from sam2_reference import build_reference
 
+    from devtools.sam2_reference import build_reference
     from surgray.model.sam2.preprocess import to_model_input
 
     predictor = build_reference(cfg, video=True)

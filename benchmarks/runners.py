@@ -115,8 +115,7 @@ def synthetic_workload(
 
 def random_weights(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
     """Random weights every parameter of which matters (the parity tests' `randomize_`)."""
-    from sam2_reference import randomize_
-
+    from devtools.sam2_reference import randomize_
     from surgray.model.sam2.network import SAM2Model
 
     torch.manual_seed(seed)  # buffers (the prompt encoder's Fourier matrix) stay as built
@@ -152,7 +151,8 @@ class SurgrayRunner:
 class MetaRunner:
     def __init__(self, work: Workload, offload_video_to_cpu: bool = False) -> None:
         from PIL import Image
-        from sam2_reference import build_reference
+
+        from devtools.sam2_reference import build_reference
 
         self.predictor = build_reference(work.cfg, video=True)
         self.predictor.load_state_dict(work.state, strict=True)

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 from sam2.build_sam import _load_checkpoint as reference_load_checkpoint
-from sam2_reference import build_reference, randomize_
 
 import surgray
+from devtools.sam2_reference import build_reference, randomize_
 from surgray.model.checkpoints.sam2_checkpoint import (
     CheckpointError,
     CheckpointMismatchError,

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sam2_reference import randomize_
 from torch import nn
 
+from devtools.sam2_reference import randomize_
 from surgray.model.checkpoints.variants import micro_config
 from surgray.model.quantize import Int8Linear, quantize_linears
 from surgray.model.sam2.network import SAM2Model

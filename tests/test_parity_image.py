@@ -1,6 +1,6 @@
 """Image path of SAM2Model against Meta's reference SAM2Base, with one random state dict.
 
-The reference is built from the tiny YAML with our micro numbers (tests/sam2_reference.py),
+The reference is built from the tiny YAML with our micro numbers (devtools/sam2_reference.py),
 its parameters re-randomised (fan-in scaled, so activations keep their scale), and that state
 dict is loaded strictly into ours. Compared: the image encoder's FPN levels (after the
 decoder's conv_s0/conv_s1), and first-frame masks / IoU / object score / pointer / memory for
@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sam2_reference import build_reference, randomize_
 from torch.nn import functional as F
 
+from devtools.sam2_reference import build_reference, randomize_
 from surgray.model.checkpoints.variants import micro_config
 from surgray.model.sam2.frame_types import ObjectPrompt
 from surgray.model.sam2.image_predictor import ImagePredictor

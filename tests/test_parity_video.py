@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sam2_reference import OFFICIAL_YAMLS, build_reference, randomize_
 
+from devtools.sam2_reference import OFFICIAL_YAMLS, build_reference, randomize_
 from surgray.model.checkpoints.variants import get_variant, micro_config
 from surgray.model.sam2.frame_types import ObjectPrompt
 from surgray.model.sam2.network import SAM2Model

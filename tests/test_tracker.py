@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sam2_reference import randomize_
 
+from devtools.sam2_reference import randomize_
 from surgray.io.encode import write_video
 from surgray.model.checkpoints.variants import micro_config
 from surgray.model.sam2.network import SAM2Model

@@ -1,6 +1,6 @@
 """The streaming tracker and its SAM2-style facade against Meta's reference video predictor.
 
-Both sides get the same random weights (micro config, `tests/sam2_reference.py`), the same
+Both sides get the same random weights (micro config, `devtools/sam2_reference.py`), the same
 non-square (48x80) JPEG folder and the same prompts, and both keep memories in bf16. Each side
 reads the folder with its own loader and resizes the frames its own way to the model's square
 input: the reference's `init_state` (PIL bicubic on 8-bit pixels), ours `surgray.io`'s
@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sam2_reference import build_reference, randomize_
 
+from devtools.sam2_reference import build_reference, randomize_
 from surgray.io.video import VideoReader
 from surgray.model.checkpoints.variants import micro_config
 from surgray.model.sam2.network import SAM2Model

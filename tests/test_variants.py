@@ -24,8 +24,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from sam2.modeling.sam2_base import SAM2Base
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 from sam2.utils.misc import load_video_frames
-from sam2_reference import OFFICIAL_YAMLS, VIDEO_PREDICTOR_OVERRIDES
 
+from devtools.sam2_reference import OFFICIAL_YAMLS, VIDEO_PREDICTOR_OVERRIDES
 from surgray.model.checkpoints.variants import get_variant, variant_names
 from surgray.model.sam2.config import ModelConfig
 from surgray.model.sam2.network import SAM2Model
