@@ -85,19 +85,23 @@ def start_moto() -> tuple[subprocess.Popen, str]:
             time.sleep(0.2)
 
 
-def storage_options(endpoint: str) -> dict:
-    return {
-        "key": "bench",
-        "secret": "bench",
-        "endpoint_url": endpoint,
-        "client_kwargs": {"region_name": REGION},
-    }
+def bench_storage(endpoint: str):
+    from surgray.io.storage import Storage
+
+    return Storage(
+        {
+            "key": "bench",
+            "secret": "bench",
+            "endpoint_url": endpoint,
+            "client_kwargs": {"region_name": REGION},
+        }
+    )
 
 
 def filesystem(endpoint: str):
     import s3fs
 
-    return s3fs.S3FileSystem(**storage_options(endpoint), skip_instance_cache=True)
+    return s3fs.S3FileSystem(**bench_storage(endpoint).options, skip_instance_cache=True)
 
 
 def config_dict(endpoint: str, manifest: str, out: str) -> dict:
@@ -118,14 +122,16 @@ def setup_store(endpoint: str) -> None:
     from surgray.model.checkpoints.sam2_checkpoint import build_model, save_checkpoint
 
     filesystem(endpoint).mkdir(BUCKET)
-    options = storage_options(endpoint)
+    storage = bench_storage(endpoint)
     for n in range(CLIPS):
         cfg = SyntheticClipConfig(num_frames=FRAMES, height=SIZE, width=SIZE, **PLAIN)
         write_clip_video(
-            generate_clip(cfg, seed=n), f"s3://{BUCKET}/clips/clip{n}.mp4", storage_options=options
+            generate_clip(cfg, seed=n), f"s3://{BUCKET}/clips/clip{n}.mp4", storage=storage
         )
     save_checkpoint(
-        build_model("micro", image_size=SIZE), f"s3://{BUCKET}/micro.pt", storage_options=options
+        build_model("micro", image_size=SIZE),
+        f"s3://{BUCKET}/micro.pt",
+        storage=storage,
     )
 
 

@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from surgray.io.storage import LOCAL
+
 # Before torch loads OpenMP: idle threads sleep instead of spinning (benchmarks/common.py's
 # child_env explains why this matters on a shared machine).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -236,7 +238,7 @@ def fidelity_run(args, options: list[str]) -> list[list[str]]:
     rows = []
     for name, config_path in DEMO_CHECKPOINTS.items():
         config = load_config(str(REPO / config_path), [])
-        videos = open_videos(config.data, "test")
+        videos = open_videos(config.data, "test", storage=LOCAL)
         model = load_trained_model(REPO / "surgray/assets/demo" / name).eval()
         results = {}
         for option in options:

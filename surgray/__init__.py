@@ -34,6 +34,9 @@ _EXPORTS: dict[str, str] = {
     "write_davis": "surgray.io.exports",
     "write_sav_json": "surgray.io.exports",
     "write_coco_video_json": "surgray.io.exports",
+    # object storage: a config's `storage:` section and the object built from it
+    "Storage": "surgray.io.storage",
+    "StorageConfig": "surgray.io.storage_config",
     # the batch job and the service
     "AnnotateConfig": "surgray.annotate.config",
     "run_annotate": "surgray.annotate.pipeline",

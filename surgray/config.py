@@ -20,6 +20,11 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 # A config is a few KiB; a bigger file is a mistake (a video, a checkpoint) and is not parsed.
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
+# Keys older configs used, with what to write instead (shown in place of "unknown key").
+RENAMED_KEYS = {
+    "storage_options": "no longer read; write object-store options as a `storage:` section "
+    "(endpoint_url, region, anon, options): see the README's 'Object storage'",
+}
 
 
 def load_yaml_mapping(path: str | os.PathLike[str], error: type[Exception]) -> dict[str, Any]:
@@ -80,7 +85,9 @@ def describe_validation_error(
     for error in exc.errors():
         loc = tuple(error["loc"])
         message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
+        if error["type"] == "extra_forbidden" and loc and loc[-1] in RENAMED_KEYS:
+            message = RENAMED_KEYS[str(loc[-1])]
+        elif error["type"] == "extra_forbidden":
             section = _section_at(root, loc[:-1])
             allowed = sorted(section.model_fields) if section else []
             message = "unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")

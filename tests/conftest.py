@@ -42,19 +42,23 @@ class S3Server:
     region: str = "us-west-2"
 
     @property
-    def storage_options(self) -> dict:
-        """fsspec/s3fs options for this server."""
-        return {
-            "key": self.key,
-            "secret": self.secret,
-            "endpoint_url": self.endpoint_url,
-            "client_kwargs": {"region_name": self.region},
-        }
+    def storage(self):
+        """The `surgray.io.storage.Storage` of this server (s3fs options, keys included)."""
+        from surgray.io.storage import Storage
+
+        return Storage(
+            {
+                "key": self.key,
+                "secret": self.secret,
+                "endpoint_url": self.endpoint_url,
+                "client_kwargs": {"region_name": self.region},
+            }
+        )
 
     def filesystem(self):
         import s3fs
 
-        return s3fs.S3FileSystem(**self.storage_options, skip_instance_cache=True)
+        return s3fs.S3FileSystem(**self.storage.options, skip_instance_cache=True)
 
     def make_bucket(self, name: str) -> str:
         # s3fs sends LocationConstraint; us-west-2 avoids moto's us-east-1 rejection.

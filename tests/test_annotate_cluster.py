@@ -29,6 +29,7 @@ from surgray.annotate.rows import read_mask_rows
 from surgray.data.synthetic import SyntheticClipConfig, generate_clip
 from surgray.data.synthetic_writers import write_clip_video
 from surgray.io.masks import encode_rle
+from surgray.io.storage import LOCAL
 from surgray.model.checkpoints.sam2_checkpoint import build_model, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def _config(archive, out: Path, num_cpus: float) -> dict:
 
 def _mask_rows(out: Path) -> dict[str, list[tuple]]:
     """video id -> its rows' mask columns, from the parts its completion marker vouches for."""
-    layout = OutputLayout(str(out), None)
+    layout = OutputLayout(str(out), storage=LOCAL)
     videos = {}
     for n in range(VIDEOS):
         video_id = f"case{n}"

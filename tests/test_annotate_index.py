@@ -25,6 +25,7 @@ from surgray.annotate.run_index import (
     entry_now,
     read_index,
 )
+from surgray.io.storage import LOCAL
 
 
 class CountingLayout(OutputLayout):
@@ -42,11 +43,11 @@ class CountingLayout(OutputLayout):
 @pytest.fixture(params=["local", "s3"])
 def layout(request, tmp_path):
     if request.param == "local":
-        return CountingLayout(str(tmp_path / "out"))
+        return CountingLayout(str(tmp_path / "out"), storage=LOCAL)
     server = request.getfixturevalue("s3_server")
     if not server.filesystem().exists("annotate-index"):
         server.make_bucket("annotate-index")
-    return CountingLayout(f"s3://annotate-index/{uuid.uuid4().hex}", server.storage_options)
+    return CountingLayout(f"s3://annotate-index/{uuid.uuid4().hex}", storage=server.storage)
 
 
 def _indexed_run(layout: OutputLayout, video_ids: list[str]) -> None:

@@ -33,6 +33,7 @@ from surgray.annotate.status import EXIT_ALL_FAILED, EXIT_INVALID_CONFIG, EXIT_O
 from surgray.data.synthetic import SyntheticClipConfig, generate_clip
 from surgray.data.synthetic_writers import write_clip_video
 from surgray.io.masks import decode_rle, encode_rle
+from surgray.io.storage import LOCAL, Storage
 from surgray.model.checkpoints.sam2_checkpoint import build_model, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ PLAIN = dict(leave_and_return=False, occlusion=False, smoke=False, motion_blur=F
 class Archive:
     bucket: str
     checkpoint: str
-    storage: dict  # s3fs options of the moto server (with credentials, for the test only)
+    storage: Storage  # the moto server (with credentials, for the test only)
     endpoint: str
     frames: dict[str, int]  # video name -> frame count
     prompts: dict[str, str]  # video name -> prompts JSON
@@ -65,14 +66,14 @@ def _prompts(clip) -> str:
 @pytest.fixture(scope="module")
 def archive(s3_server):
     bucket = s3_server.make_bucket(f"archive-{uuid.uuid4().hex[:8]}")
-    storage = s3_server.storage_options
+    storage = s3_server.storage
     frames, prompts = {}, {}
     for n, (name, count) in enumerate(
         [("short", SHORT), ("long1", LONG), ("long2", LONG), ("long3", LONG)]
     ):
         cfg = SyntheticClipConfig(num_frames=count, height=SIZE, width=SIZE, **PLAIN)
         clip = generate_clip(cfg, seed=n)
-        write_clip_video(clip, f"{bucket}/videos/{name}.mp4", storage_options=storage)
+        write_clip_video(clip, f"{bucket}/videos/{name}.mp4", storage=storage)
         frames[name], prompts[name] = count, _prompts(clip)
     fs = s3_server.filesystem()
     payload = fs.cat_file(f"{bucket[5:]}/videos/long2.mp4")
@@ -80,7 +81,7 @@ def archive(s3_server):
     fs.pipe_file(f"{bucket[5:]}/videos/garbage.mp4", b"\x00not a video\x01" * 64)
     checkpoint = f"{bucket}/models/micro.pt"
     torch_seed_model = build_model("micro", image_size=SIZE)
-    save_checkpoint(torch_seed_model, checkpoint, storage_options=storage)
+    save_checkpoint(torch_seed_model, checkpoint, storage=storage)
     return Archive(bucket, checkpoint, storage, s3_server.endpoint_url, frames, prompts)
 
 
@@ -104,7 +105,9 @@ def _put_manifest(archive: Archive, name: str, rows: list[dict]) -> str:
 
     uri = f"{archive.bucket}/manifests/{name}.jsonl"
     text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
-    s3fs.S3FileSystem(**archive.storage, skip_instance_cache=True).pipe_file(uri[5:], text.encode())
+    s3fs.S3FileSystem(**archive.storage.options, skip_instance_cache=True).pipe_file(
+        uri[5:], text.encode()
+    )
     return uri
 
 
@@ -168,7 +171,7 @@ def first_run(archive, ray_cluster):  # noqa: F811
 @pytest.mark.ray
 def test_videos_from_a_bucket_come_back_complete_in_order_with_provenance(archive, first_run):
     config, outcome, _ = first_run
-    layout = OutputLayout(config.output.prefix, config.storage_options())
+    layout = OutputLayout(config.output.prefix, storage=config.storage.build())
     for name in ("short", "long1", "long2"):
         rows = _check_video_rows(layout, name, archive.frames[name])
         status = json.loads(layout.read_bytes(layout.status_uri(name)))
@@ -188,7 +191,7 @@ def test_bad_inputs_are_reported_and_the_rest_complete(first_run):
     assert "corrupt" in errors["truncated"]
     assert "cannot read the video" in errors["garbage"]
     assert all("s3://" not in e and "archive-" not in e for e in errors.values())  # ids only
-    layout = OutputLayout(config.output.prefix, config.storage_options())
+    layout = OutputLayout(config.output.prefix, storage=config.storage.build())
     for video_id in ("truncated", "garbage"):
         status = json.loads(layout.read_bytes(layout.status_uri(video_id)))
         assert status["state"] == "failed" and status["error"] == errors[video_id]
@@ -205,14 +208,17 @@ def test_exports_follow_the_masks(archive, first_run):
     from surgray.io.video import probe
 
     config, _, _ = first_run
-    storage = config.storage_options()
-    layout = OutputLayout(config.output.prefix, storage)
-    fs = __import__("s3fs").S3FileSystem(**archive.storage, skip_instance_cache=True)
+    storage = config.storage.build()
+    layout = OutputLayout(config.output.prefix, storage=storage)
+    fs = __import__("s3fs").S3FileSystem(**archive.storage.options, skip_instance_cache=True)
     pngs = fs.ls(layout.export_uri("short", "davis")[5:])
     assert len(pngs) == SHORT
     sav = json.loads(layout.read_bytes(layout.export_uri("short", "sav_json")))
     assert sav["masklet_id"] == [1, 2] and len(sav["masklet"]) == SHORT
-    assert probe(layout.export_uri("long1", "overlay_mp4"), archive.storage).frame_count == LONG
+    assert (
+        probe(layout.export_uri("long1", "overlay_mp4"), storage=archive.storage).frame_count
+        == LONG
+    )
 
 
 @pytest.mark.ray
@@ -221,7 +227,7 @@ def test_rerun_skips_complete_videos_and_retries_failed_ones(first_run):
     from surgray.annotate.driver import prepare_job
 
     config, _, _ = first_run
-    layout = OutputLayout(config.output.prefix, config.storage_options())
+    layout = OutputLayout(config.output.prefix, storage=config.storage.build())
     before = {v: layout.read_bytes(layout.marker_uri(v)) for v in ("short", "long1", "long2")}
     from surgray.annotate.driver import local_work_rows
     from surgray.annotate.plan_stage import OUTCOME_COLUMN
@@ -271,7 +277,7 @@ def test_sigkilled_job_reruns_to_exactly_once_rows(archive, first_run, ray_clust
         [sys.executable, "jobs/annotate.py", "--config", str(config_path)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    fs = s3fs.S3FileSystem(**archive.storage, skip_instance_cache=True)
+    fs = s3fs.S3FileSystem(**archive.storage.options, skip_instance_cache=True)
     root = out[5:]
     done, running = set(), set()
     deadline = time.monotonic() + 180
@@ -295,7 +301,7 @@ def test_sigkilled_job_reruns_to_exactly_once_rows(archive, first_run, ray_clust
     deadline = time.monotonic() + 60
     while any(_actors_alive(j) for j in jobs - {mine}) and time.monotonic() < deadline:
         time.sleep(0.25)
-    layout = OutputLayout(out, config.storage_options())
+    layout = OutputLayout(out, storage=config.storage.build())
     done = {f.rsplit("/", 1)[1][:-5] for f in _listing(fs, f"{root}/_done")}
     markers = {v: layout.read_bytes(layout.marker_uri(v)) for v in done}
 
@@ -318,8 +324,8 @@ def test_sigkilled_job_reruns_to_exactly_once_rows(archive, first_run, ray_clust
 
 def _compare_batched(batched: AnnotateConfig, single: AnnotateConfig, videos) -> None:
     """K = 2 (first run) and K = 1 (this run) give the same masks (IoU >= 0.99 per mask)."""
-    one = OutputLayout(batched.output.prefix, batched.storage_options())
-    two = OutputLayout(single.output.prefix, single.storage_options())
+    one = OutputLayout(batched.output.prefix, storage=batched.storage.build())
+    two = OutputLayout(single.output.prefix, storage=single.storage.build())
     for video in videos:
         rows = [read_mask_rows(lay, video, read_marker(lay, video).parts) for lay in (one, two)]
         for a, b in zip(*rows):
@@ -393,7 +399,7 @@ def test_actor_steps_videos_together_and_isolates_their_failures(tmp_path):
     )
     assert "prompts at frames [30] were never reached" in results["late"]["error"]
     assert str(tmp_path) not in "".join(r["error"] for r in results.values())
-    layout = OutputLayout(config.output.prefix)
+    layout = OutputLayout(config.output.prefix, storage=LOCAL)
     # Failed segments delete the parts they had flushed (4 rows a part here).
     assert layout.part_names("cut") == layout.part_names("late") == []
     assert len(layout.part_names("good")) == 5  # 10 frames x 2 objects

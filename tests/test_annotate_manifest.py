@@ -24,6 +24,7 @@ from surgray.annotate.manifest import (
 )
 from surgray.annotate.probe import needs_probe, probe_task
 from surgray.annotate.prompts import PromptError, VideoPrompts, parse_objects, parse_texts
+from surgray.io.storage import LOCAL
 
 FIXTURE_VIDEO = Path(__file__).parent / "fixtures" / "hevc_12f.mp4"  # 64x64, 12 frames, 12 fps
 SALT = "a-salt-of-at-least-16-bytes"
@@ -356,7 +357,7 @@ def test_probe_reports_prompts_past_the_end_and_off_the_sampling():
         )
     )
     task = VideoTask(str(FIXTURE_VIDEO), "vid", VideoPrompts((), objects), row=7)
-    result = probe_task(task, frames=FramesConfig(stride=2))
+    result = probe_task(task, frames=FramesConfig(stride=2), storage=LOCAL)
     assert result.info.frame_count == 12 and not result.ok
     assert [(e.row, e.video_id, e.reason) for e in result.errors] == [
         (7, "vid", "prompt of obj_id 2 at frame 12 is past the end of the video (12 frames)"),
@@ -367,7 +368,9 @@ def test_probe_reports_prompts_past_the_end_and_off_the_sampling():
         ),
         (7, "vid", "prompt of obj_id 4 at frame 6: the box reaches outside the 64x64 frame"),
     ]
-    assert probe_task(VideoTask(str(FIXTURE_VIDEO), "vid", VideoPrompts((), objects[:1]))).ok
+    assert probe_task(
+        VideoTask(str(FIXTURE_VIDEO), "vid", VideoPrompts((), objects[:1])), storage=LOCAL
+    ).ok
     text_only = VideoTask(str(FIXTURE_VIDEO), "vid", VideoPrompts(("x",)))
     assert (needs_probe(task, None), needs_probe(text_only, None), needs_probe(text_only, 100)) == (
         True,
@@ -381,16 +384,16 @@ def test_manifest_and_listing_on_s3(s3_server, tmp_path):
     fs = s3_server.filesystem()
     for name in ["archive/a.mp4", "archive/sub/b.mov", "archive/readme.md"]:
         fs.pipe_file(f"annotate-manifest/{name}", b"x")
-    opts = s3_server.storage_options
-    assert list_videos(f"{bucket}/archive", (".mp4", ".mov"), storage_options=opts) == [
+    opts = s3_server.storage
+    assert list_videos(f"{bucket}/archive", (".mp4", ".mov"), storage=opts) == [
         f"{bucket}/archive/a.mp4",
         f"{bucket}/archive/sub/b.mov",
     ]
     local = write_manifest(tmp_path / "m.csv", [row for row, _ in ROWS])
     fs.put_file(str(local), "annotate-manifest/manifests/m.csv")
-    check_report(read_manifest(f"{bucket}/manifests/m.csv", storage_options=opts))
+    check_report(read_manifest(f"{bucket}/manifests/m.csv", storage=opts))
     missing = probe_task(
-        VideoTask(f"{bucket}/archive/Smith_John.mp4", "v1", VideoPrompts(("x",))), opts
+        VideoTask(f"{bucket}/archive/Smith_John.mp4", "v1", VideoPrompts(("x",))), storage=opts
     )
     assert missing.info is None and "Smith_John" not in missing.errors[0].reason
     assert missing.errors[0].reason.startswith("cannot read the video: <video v1>")

@@ -36,6 +36,7 @@ from surgray.annotate.provenance import (
     video_provenance,
 )
 from surgray.io.records import MaskRecord
+from surgray.io.storage import LOCAL
 
 PROV_A = video_provenance("a" * 64, "b" * 64, VideoPrompts(("grasper",)), version="0.1.0")
 PROV_B = video_provenance("f" * 64, "b" * 64, VideoPrompts(("grasper",)), version="0.1.0")
@@ -58,19 +59,18 @@ def records(video_id: str, frames=range(5)) -> list[MaskRecord]:
 @pytest.fixture(params=["local", "s3"])
 def layout(request, tmp_path):
     if request.param == "local":
-        return OutputLayout(str(tmp_path / "out"))
+        return OutputLayout(str(tmp_path / "out"), storage=LOCAL)
     server = request.getfixturevalue("s3_server")
     fs = server.filesystem()
     if not fs.exists("annotate-outputs"):
         server.make_bucket("annotate-outputs")
-    return OutputLayout(f"s3://annotate-outputs/{uuid.uuid4().hex}", server.storage_options)
+    return OutputLayout(f"s3://annotate-outputs/{uuid.uuid4().hex}", storage=server.storage)
 
 
 def stored_rows(layout: OutputLayout, video_id: str) -> list[dict]:
     """Every row under the video's masks folder, read with pyarrow directly (no marker)."""
-    from surgray.io.storage import filesystem
 
-    fs, path = filesystem(layout.masks_dir(video_id), layout.storage_options)
+    fs, path = layout.storage.filesystem(layout.masks_dir(video_id))
     fs.invalidate_cache()
     rows = []
     for name in sorted(fs.find(path)):
@@ -236,29 +236,29 @@ def test_checkpoint_sha256_local_and_s3_with_cache(tmp_path, s3_server):
     local.write_bytes(payload)
     expected = hashlib.sha256(payload).hexdigest()
     before = checkpoint_cache_info()
-    assert checkpoint_sha256(local) == expected
-    assert checkpoint_sha256(str(local)) == expected
+    assert checkpoint_sha256(local, storage=LOCAL) == expected
+    assert checkpoint_sha256(str(local), storage=LOCAL) == expected
     after = checkpoint_cache_info()
     assert (after["misses"] - before["misses"], after["hits"] - before["hits"]) == (1, 1)
     local.write_bytes(payload[::-1])
     os.utime(local, (1, 1))  # a new mtime, whatever the clock's resolution
-    assert checkpoint_sha256(local) == hashlib.sha256(payload[::-1]).hexdigest()
+    assert checkpoint_sha256(local, storage=LOCAL) == hashlib.sha256(payload[::-1]).hexdigest()
     bucket = s3_server.make_bucket("annotate-ckpt")
     s3_server.filesystem().pipe_file("annotate-ckpt/models/ckpt.pt", payload)
-    assert checkpoint_sha256(f"{bucket}/models/ckpt.pt", s3_server.storage_options) == expected
+    assert checkpoint_sha256(f"{bucket}/models/ckpt.pt", storage=s3_server.storage) == expected
     with pytest.raises(FileNotFoundError, match="missing.pt: checkpoint not found"):
-        checkpoint_sha256(tmp_path / "missing.pt")
+        checkpoint_sha256(tmp_path / "missing.pt", storage=LOCAL)
 
 
 def test_info_logs_and_records_name_videos_by_id_only(s3_server, tmp_path, caplog):
     uri = "s3://annotate-outputs/archive/2024-03-01_Smith_John_cholecystectomy.mp4"
     task = VideoTask(uri, "3f9a1c0b7d2e4a65", VideoPrompts(("grasper",)))
-    layout = OutputLayout(str(tmp_path / "out"))
+    layout = OutputLayout(str(tmp_path / "out"), storage=LOCAL)
     # DEBUG too: a skipped video is logged at debug level, and no level may leak a name.
     with caplog.at_level(logging.DEBUG, logger="surgray.annotate"):
         if not s3_server.filesystem().exists("annotate-outputs"):
             s3_server.make_bucket("annotate-outputs")
-        probe = probe_task(task, s3_server.storage_options)
+        probe = probe_task(task, storage=s3_server.storage)
         run_segment(layout, task.video_id, frames=range(2))
         prepare_rerun(layout, {task.video_id: PROV_A})
         bad = SegmentResult(task.video_id, 0, 1, error=probe.errors[0].reason)

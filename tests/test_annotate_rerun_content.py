@@ -27,6 +27,7 @@ from surgray.annotate.outputs import (
     prepare_rerun,
     read_marker,
 )
+from surgray.io.storage import LOCAL
 
 
 def _zero_scores(layout: OutputLayout, video_id: str, name: str) -> None:
@@ -41,7 +42,7 @@ def _zero_scores(layout: OutputLayout, video_id: str, name: str) -> None:
 
 
 def test_part_rewritten_with_the_same_rows_is_found_and_the_video_redone(tmp_path):
-    layout = OutputLayout(str(tmp_path / "out"))
+    layout = OutputLayout(str(tmp_path / "out"), storage=LOCAL)
     status = run_video(layout, "vid")
     marker = read_marker(layout, "vid")
     assert all(p.sha256 and len(p.sha256) == 64 for p in marker.parts)
@@ -59,7 +60,7 @@ def test_part_rewritten_with_the_same_rows_is_found_and_the_video_redone(tmp_pat
 
 
 def test_a_marker_without_digests_is_not_trusted(tmp_path):
-    layout = OutputLayout(str(tmp_path / "out"))
+    layout = OutputLayout(str(tmp_path / "out"), storage=LOCAL)
     run_video(layout, "old")
     marker = read_marker(layout, "old")
     stripped = [{"name": p.name, "rows": p.rows} for p in marker.parts]
@@ -72,7 +73,7 @@ def test_a_marker_without_digests_is_not_trusted(tmp_path):
 
 
 def test_missing_status_record_is_restored_and_summary_says_running(tmp_path):
-    layout = OutputLayout(str(tmp_path / "out"))
+    layout = OutputLayout(str(tmp_path / "out"), storage=LOCAL)
     run_video(layout, "vid")
     saved = layout.read_bytes(layout.status_uri("vid"))
     layout.put_bytes(layout.summary_uri, b'{"done": 8}')  # an earlier run's counts
@@ -87,7 +88,7 @@ def test_missing_status_record_is_restored_and_summary_says_running(tmp_path):
 def test_segment_results_carry_digests_through_ray_rows(tmp_path):
     from surgray.annotate.status import SegmentResult
 
-    layout = OutputLayout(str(tmp_path / "out"))
+    layout = OutputLayout(str(tmp_path / "out"), storage=LOCAL)
     result = run_segment(layout, "vid")
     again = SegmentResult.from_row(result.to_row())
     assert [p.sha256 for p in again.parts] == [p.sha256 for p in result.parts]
@@ -105,7 +106,7 @@ def test_job_rerun_redoes_a_rewritten_part_and_restores_a_status(archive, ray_cl
     config = _config(archive, manifest, f"{archive.bucket}/out-content", rows_per_part=8)
     first = run_annotate(config)
     assert (first.summary.done, first.summary.failed) == (2, 0)
-    layout = OutputLayout(config.output.prefix, config.storage_options())
+    layout = OutputLayout(config.output.prefix, storage=config.storage.build())
     part = read_marker(layout, "short").parts[0]
     original = layout.read_bytes(layout.part_uri("short", part.name))
     _zero_scores(layout, "short", part.name)

@@ -22,6 +22,7 @@ from surgray.annotate.rows import read_mask_rows
 from surgray.data.synthetic import SyntheticClipConfig, generate_clip
 from surgray.data.synthetic_writers import write_clip_video
 from surgray.io.masks import decode_rle
+from surgray.io.storage import LOCAL
 from surgray.io.video import probe
 from surgray.model.checkpoints.referring_checkpoint import save_referring_checkpoint
 from surgray.tracking.cifs import CIFSConfig
@@ -76,7 +77,7 @@ def _annotate(config: AnnotateConfig, rows: list[dict]) -> tuple[list[dict], lis
     provenance = video_provenance("c" * 64, "d" * 64, prompts, version="0.1.0")
     rows = [r | {"provenance_json": json.dumps(provenance.as_dict())} for r in rows]
     results = SegmentAnnotator(config)(pa.Table.from_pylist(rows)).to_pylist()
-    layout = OutputLayout(config.output.prefix)
+    layout = OutputLayout(config.output.prefix, storage=LOCAL)
     masks = []
     for result in sorted(results, key=lambda r: r["segment_index"]):
         parts = [PartInfo(n, c) for n, c in zip(result["part_names"], result["part_rows"])]

@@ -25,7 +25,7 @@ FLOORS: dict[str, int] = {
     "errors": 0,
     "job_requirements": 0,  # standard library only: jobs check their Python with it first
     "config": 1,
-    "io": 2,
+    "io": 1,  # below model: checkpoints and text encoders load through io.storage
     "model": 2,
     "data": 3,
     "eval": 3,

@@ -162,20 +162,21 @@ def test_loads_from_s3_and_saves_there(reference_checkpoint, s3_server):
     bucket = s3_server.make_bucket("surgray-ckpt")
     fs = s3_server.filesystem()
     fs.put(str(path), f"{bucket}/official/reference.pt")
-    options = s3_server.storage_options
-    model = build_model(
-        "micro", checkpoint=f"{bucket}/official/reference.pt", storage_options=options
-    )
+    options = s3_server.storage
+    model = build_model("micro", checkpoint=f"{bucket}/official/reference.pt", storage=options)
     _same_outputs(ref, model)
 
     save_checkpoint(
-        model, f"{bucket}/runs/1/model.pt", storage_options=options, extra_metadata={"step": 3}
+        model,
+        f"{bucket}/runs/1/model.pt",
+        storage=options,
+        extra_metadata={"step": 3},
     )
-    state, metadata = read_state_dict(f"{bucket}/runs/1/model.pt", options)
+    state, metadata = read_state_dict(f"{bucket}/runs/1/model.pt", storage=options)
     assert metadata["step"] == 3 and metadata["variant"] == "micro"
     assert set(state) == set(ref.state_dict())
     with pytest.raises(CheckpointNotFoundError, match="surgray-ckpt/none.pt: object not found"):
-        read_state_dict(f"{bucket}/none.pt", options)
+        read_state_dict(f"{bucket}/none.pt", storage=options)
 
 
 def test_saved_checkpoint_round_trips_and_loads_into_the_reference(reference_checkpoint, tmp_path):

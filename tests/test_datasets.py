@@ -513,16 +513,16 @@ def test_reader_and_writer_through_fsspec_memory():
 def test_reader_on_s3(s3_server, tmp_path):
     bucket = s3_server.make_bucket("surgray-datasets")
     root = f"{bucket}/ref"
-    options = s3_server.storage_options
+    options = s3_server.storage
     small = CFG.model_copy(
         update={"num_frames": 8, "leave_and_return": False, "smoke": False, "motion_blur": False}
     )
     dataset = make_synthetic_dataset(
-        root, 1, seed=2, config=small, vary=False, valid_fraction=0.0, storage_options=options
+        root, 1, seed=2, config=small, vary=False, valid_fraction=0.0, storage=options
     )
-    sample = RefEndoVisDataset(root, "train", storage_options=options)[0]
+    sample = RefEndoVisDataset(root, "train", storage=options)[0]
     clip = generate_clip(small, seed=dataset.videos[0].seed)
     frame = sample.load(5)
     assert np.array_equal(frame.image, clip.frames[5]) and np.array_equal(frame.mask, clip.masks[5])
     with pytest.raises(DatasetError, match="valid: split folder not found"):
-        RefEndoVisDataset(root, "valid", storage_options=options)
+        RefEndoVisDataset(root, "valid", storage=options)

@@ -109,9 +109,9 @@ def test_parquet_schema_values_and_round_trip(tmp_path, records):
 
 def test_parquet_on_s3(s3_server, records):
     bucket = s3_server.make_bucket("exports")
-    opts = s3_server.storage_options
-    write_parquet(f"{bucket}/run/case01.parquet", records, storage_options=opts)
-    back = read_parquet(f"{bucket}/run/case01.parquet", storage_options=opts)
+    opts = s3_server.storage
+    write_parquet(f"{bucket}/run/case01.parquet", records, storage=opts)
+    back = read_parquet(f"{bucket}/run/case01.parquet", storage=opts)
     assert len(back) == 10 and back[3].rle == records[3].rle
 
 

@@ -13,6 +13,7 @@ from surgray.annotate.actor import load_model
 from surgray.annotate.config import AnnotateConfig
 from surgray.annotate.provenance import checkpoint_sha256
 from surgray.demo_inputs import DEMO_ASSETS
+from surgray.io.storage import LOCAL
 from surgray.model.checkpoints.network_loading import load_network
 from surgray.model.checkpoints.referring_checkpoint import (
     save_referring_checkpoint,
@@ -91,15 +92,15 @@ def test_an_embedded_text_tower_refuses_a_separate_folder_in_both_jobs(tmp_path)
         }
     )
     with pytest.raises(CheckpointError, match="embeds its own text tower"):
-        load_model(config, "cpu", None)
+        load_model(config, "cpu", storage=LOCAL)
     plain = config.model_copy(
         update={"model": config.model.model_copy(update={"text_encoder": None})}
     )
-    assert load_model(plain, "cpu", None).text_tower is not None
+    assert load_model(plain, "cpu", storage=LOCAL).text_tower is not None
 
 
 def test_annotate_hashes_a_shipped_checkpoint_by_name():
     expected = hashlib.sha256((DEMO_ASSETS / "model.pt").read_bytes()).hexdigest()
-    assert checkpoint_sha256("demo:model") == expected
+    assert checkpoint_sha256("demo:model", storage=LOCAL) == expected
     with pytest.raises(FileNotFoundError, match="shipped: demo:model, demo:referring"):
-        checkpoint_sha256("demo:huge")
+        checkpoint_sha256("demo:huge", storage=LOCAL)

@@ -12,6 +12,7 @@ import pytest
 
 from surgray.annotate.output_scan import scan_outputs
 from surgray.annotate.outputs import OutputLayout
+from surgray.io.storage import LOCAL
 
 
 def _fill(layout: OutputLayout) -> None:
@@ -36,7 +37,7 @@ def _check(layout: OutputLayout) -> None:
 
 
 def test_scan_of_a_local_prefix(tmp_path):
-    layout = OutputLayout(tmp_path / "out")
+    layout = OutputLayout(tmp_path / "out", storage=LOCAL)
     assert scan_outputs(layout).present == frozenset()  # nothing there yet: no error
     _fill(layout)
     _check(layout)
@@ -45,7 +46,7 @@ def test_scan_of_a_local_prefix(tmp_path):
 @pytest.mark.slow
 def test_scan_of_an_s3_prefix(s3_server):
     bucket = s3_server.make_bucket(f"scan-{uuid.uuid4().hex[:8]}")
-    layout = OutputLayout(f"{bucket}/run", s3_server.storage_options)
+    layout = OutputLayout(f"{bucket}/run", storage=s3_server.storage)
     assert scan_outputs(layout).present == frozenset()
     _fill(layout)
     _check(layout)

@@ -21,6 +21,7 @@ from surgray.annotate.revisions import (
 )
 from surgray.annotate.status import SegmentResult, combine_segments
 from surgray.io.records import MaskRecord
+from surgray.io.storage import LOCAL
 
 VIDEO = "case-1"
 FRAMES, SIZE = 6, 16
@@ -44,7 +45,7 @@ def _records(frames: range, obj: int, shift: int = 0, video: str = VIDEO) -> lis
 
 def _batch_store(root: Path) -> OutputLayout:
     """A store as the annotate job leaves it: parts of two segments, status, marker."""
-    layout = OutputLayout(str(root))
+    layout = OutputLayout(str(root), storage=LOCAL)
     results = []
     for segment, frames in enumerate([range(0, 3), range(3, FRAMES)]):
         writer = SegmentWriter(layout, VIDEO, segment, rows_per_part=2).start()
@@ -123,7 +124,7 @@ def test_two_savers_at_once_make_exactly_one_revision(tmp_path):
     barrier = threading.Barrier(2)
 
     def saver(name: str) -> None:
-        store = RevisionStore(OutputLayout(str(tmp_path)))
+        store = RevisionStore(OutputLayout(str(tmp_path), storage=LOCAL))
         barrier.wait(timeout=10)
         try:
             _save(store, 0, shift=1, author=name)
@@ -193,7 +194,7 @@ def test_surgray_eval_reads_a_store_at_its_latest_revision(tmp_path):
 
 def test_revisions_on_object_storage_are_created_once(s3_server):
     bucket = s3_server.make_bucket("revisions-test")
-    layout = OutputLayout(f"{bucket}/out", s3_server.storage_options)
+    layout = OutputLayout(f"{bucket}/out", storage=s3_server.storage)
     writer = SegmentWriter(layout, VIDEO, 0).start()
     writer.add(_records(range(FRAMES), 1))
     result = SegmentResult(VIDEO, 0, 1, frames=FRAMES, object_ids=(1,), parts=writer.close())

@@ -209,7 +209,7 @@ def test_from_object_storage(clip_dir, s3_server, tmp_path):
     for path in clip_dir.iterdir():
         fs.put_file(str(path), f"{bucket}/clip/{path.name}")
     remote = TextEncoder.from_pretrained(
-        f"{bucket}/clip", storage_options=s3_server.storage_options, cache_dir=tmp_path
+        f"{bucket}/clip", storage=s3_server.storage, cache_dir=tmp_path
     )
     local = TextEncoder.from_pretrained(clip_dir)
     torch.testing.assert_close(
@@ -219,12 +219,12 @@ def test_from_object_storage(clip_dir, s3_server, tmp_path):
     assert [p.name.startswith("surgray-text-encoder-") for p in tmp_path.iterdir()] == [True]
     fs.rm(f"{bucket}/clip", recursive=True)
     again = TextEncoder.from_pretrained(
-        f"{bucket}/clip", storage_options=s3_server.storage_options, cache_dir=tmp_path
+        f"{bucket}/clip", storage=s3_server.storage, cache_dir=tmp_path
     )
     assert again.cache_info().size == 0
     with pytest.raises(FileNotFoundError, match="not a directory"):
         TextEncoder.from_pretrained(
-            f"{bucket}/nothing", storage_options=s3_server.storage_options, cache_dir=tmp_path
+            f"{bucket}/nothing", storage=s3_server.storage, cache_dir=tmp_path
         )
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from surgray.io.storage import Storage
 from surgray.train.cli import apply_overrides, main
 from surgray.train.config import TrainConfig, TrainConfigError, parse_train_config
 from surgray.train.preflight import PreflightError, check_storage, preflight
@@ -221,16 +222,16 @@ def test_missing_resume_checkpoint_is_reported(dataset, tmp_path):
 
 def test_object_storage_must_be_reachable(s3_server):
     bucket = s3_server.make_bucket("train-runs")
-    check_storage(f"{bucket}/runs", s3_server.storage_options, "checkpoint.storage_path")
+    check_storage(f"{bucket}/runs", "checkpoint.storage_path", storage=s3_server.storage)
     assert s3_server.filesystem().ls("train-runs") == []  # the probe is removed again
     with pytest.raises(PreflightError, match="'s3://no-such-bucket/runs' is not writable"):
         check_storage(
-            "s3://no-such-bucket/runs", s3_server.storage_options, "checkpoint.storage_path"
+            "s3://no-such-bucket/runs", "checkpoint.storage_path", storage=s3_server.storage
         )
-    closed = dict(s3_server.storage_options, endpoint_url="http://127.0.0.1:9")
+    closed = dict(s3_server.storage.options, endpoint_url="http://127.0.0.1:9")
     closed["config_kwargs"] = {"connect_timeout": 1, "retries": {"max_attempts": 1}}
     with pytest.raises(PreflightError, match="is not writable"):
-        check_storage(f"{bucket}/runs", closed, "checkpoint.storage_path")
+        check_storage(f"{bucket}/runs", "checkpoint.storage_path", storage=Storage(closed))
 
 
 def test_cli_check_only(dataset, tmp_path, capsys):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from surgray.io.storage import LOCAL
 from surgray.model.checkpoints.sam2_checkpoint import load_checkpoint
 from surgray.model.sam2.network import SAM2Model
 from surgray.train.checkpoints import load_trained_model
@@ -34,7 +35,9 @@ def test_demo_checkpoint_loads_strictly_and_tracks_a_held_out_clip():
     report = load_checkpoint(SAM2Model(model.cfg), DEMO)  # strict: no key left out
     assert report.initialised == []
     config = TrainConfig.from_yaml(REPO / "configs" / "train_demo.yaml")
-    clip = open_videos(config.data, "test")[0]  # the first held-out clip, never trained on
+    clip = open_videos(config.data, "test", storage=LOCAL)[
+        0
+    ]  # the first held-out clip, never trained on
     tracked = validate([clip], model, max_videos=1, max_frames=24)
     repeated = validate([clip], None, max_videos=1, max_frames=24, predictor="repeat_first")
     assert tracked.objects == 4 and tracked.frames == 22
@@ -60,7 +63,7 @@ def test_referring_demo_checkpoint_finds_objects_from_text_on_a_held_out_clip():
     rebuilt = ReSurgSAM2(model.cfg, model.referring_cfg)
     assert load_checkpoint(rebuilt, REFERRING).initialised == []
     config = TrainConfig.from_yaml(REPO / "configs" / "train_demo_referring.yaml")
-    clip = open_videos(config.data, "test")[0]
+    clip = open_videos(config.data, "test", storage=LOCAL)[0]
     from_text = validate([clip], model, max_videos=1, max_frames=24, predictor="text")
     from_mask = validate([clip], model, max_videos=1, max_frames=24)
     repeated = validate([clip], None, max_videos=1, max_frames=24, predictor="repeat_first")

@@ -190,8 +190,8 @@ def test_checkpoints_go_to_object_storage(ray_cluster, s3_server, tmp_path):
             "checkpoint": {
                 "storage_path": f"{bucket}/runs",
                 "name": "s3-run",
-                "storage_options": s3_server.storage_options,
             },
+            "storage": {"endpoint_url": s3_server.endpoint_url, "region": s3_server.region},
         }
     )
     preflight(config)

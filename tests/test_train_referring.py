@@ -15,6 +15,7 @@ from _local_http import free_port
 
 from surgray.data.categories import INSTRUMENT_CATEGORIES, TISSUE_CATEGORIES
 from surgray.data.synthetic_plan import DRAWABLE_INSTRUMENTS
+from surgray.io.storage import LOCAL
 from surgray.model.checkpoints.referring_checkpoint import REFERRING_METADATA_KEY
 from surgray.model.checkpoints.sam2_checkpoint import (
     CheckpointMismatchError,
@@ -309,7 +310,7 @@ class _NoTextFor(TrainVideo):
 def test_validation_from_text(tmp_path):
     config = tiny_config(tmp_path)
     model = build_training_model(config).train()
-    videos = open_videos(config.data, "valid")
+    videos = open_videos(config.data, "valid", storage=LOCAL)
     result = validate(videos, model, 1, 4, predictor="text")
     assert 0.0 <= result.jf <= 1.0 and result.skipped_objects == 0
     assert model.training  # validation gives the model back in training mode

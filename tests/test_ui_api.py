@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from _local_http import free_port
 
+from surgray.io.storage import LOCAL
+
 httpx = pytest.importorskip("httpx")
 
 TOKEN = "ui-api-token-0123456789"
@@ -31,7 +33,7 @@ def _store(root: Path, source_uri: str | None, video: str = VIDEO, low: float = 
     from surgray.annotate.status import SegmentResult, combine_segments
     from surgray.io.records import MaskRecord
 
-    layout = OutputLayout(str(root))
+    layout = OutputLayout(str(root), storage=LOCAL)
     writer = SegmentWriter(layout, video, 0, rows_per_part=4).start()
     for frame in range(FRAMES):
         masks = np.zeros((2, SIZE, SIZE), dtype=bool)

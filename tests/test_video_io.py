@@ -92,7 +92,7 @@ def test_write_video_pads_odd_sizes_and_rejects_bad_frames(tmp_path):
 def test_write_video_to_s3(s3_server):
     bucket = s3_server.make_bucket("encode-out")
     uri = f"{bucket}/videos/clip.mp4"
-    write_video(uri, grey_frames(6), fps=10, storage_options=s3_server.storage_options)
+    write_video(uri, grey_frames(6), fps=10, storage=s3_server.storage)
     fs = s3_server.filesystem()
     payload = fs.cat_file(uri)
     assert payload[4:8] == b"ftyp" and len(payload) > 200
@@ -283,7 +283,7 @@ def test_s3_decode_reads_only_the_start_of_a_faststart_mp4(s3_server, tmp_path, 
     _moto(s3_server, "reset-recording")
     _moto(s3_server, "start-recording")
     try:
-        reader = VideoReader(f"{bucket}/long.mp4", storage_options=s3_server.storage_options)
+        reader = VideoReader(f"{bucket}/long.mp4", storage=s3_server.storage)
         indexes = []
         for frame in reader:
             indexes.append(frame.index)
@@ -319,16 +319,16 @@ def test_s3_frame_folder_and_write(s3_server, tmp_path):
         write_png(
             f"{bucket}/clip/f{i}.png",
             grey_frames(i + 1, 4, 6)[i],
-            storage_options=s3_server.storage_options,
+            storage=s3_server.storage,
         )
-    assert probe(f"{bucket}/clip", s3_server.storage_options).frame_count == 3
-    frames = list(VideoReader(f"{bucket}/clip", storage_options=s3_server.storage_options))
+    assert probe(f"{bucket}/clip", storage=s3_server.storage).frame_count == 3
+    frames = list(VideoReader(f"{bucket}/clip", storage=s3_server.storage))
     assert [level_index(f.image) for f in frames] == [1, 2, 10]
     with pytest.raises(VideoError, match=f"{bucket}/absent.mp4: file not found"):
-        list(VideoReader(f"{bucket}/absent.mp4", storage_options=s3_server.storage_options))
+        list(VideoReader(f"{bucket}/absent.mp4", storage=s3_server.storage))
     s3_server.filesystem().pipe_file("folders/empty.mp4", b"")
     with pytest.raises(VideoError, match="empty"):
-        probe(f"{bucket}/empty.mp4", s3_server.storage_options)
+        probe(f"{bucket}/empty.mp4", storage=s3_server.storage)
 
 
 def test_decode_ahead_is_bounded_and_stops_on_break(clip_dir):

@@ -22,6 +22,7 @@ from surgray.annotate.logsafe import logger, video_label
 from surgray.annotate.outputs import OutputLayout, SegmentResult
 from surgray.annotate.rows import results_table
 from surgray.annotate.session import RunContext, VideoRun
+from surgray.io.storage import Storage
 
 
 def _torch_threads(config: AnnotateConfig) -> int:
@@ -38,7 +39,7 @@ def _is_referring(model: Any) -> bool:
     return isinstance(model, ReSurgSAM2)
 
 
-def load_model(config: AnnotateConfig, device: str, storage: dict[str, Any] | None) -> Any:
+def load_model(config: AnnotateConfig, device: str, *, storage: Storage) -> Any:
     """The tracker's network (`surgray.model.checkpoints.network_loading.load_network`, as Serve builds
     it): a `ReSurgSAM2` for a referring checkpoint, else a `SAM2Model`.
 
@@ -52,7 +53,7 @@ def load_model(config: AnnotateConfig, device: str, storage: dict[str, Any] | No
         config.model.variant,
         image_size=config.model.image_size,
         text_encoder=config.model.text_encoder,
-        storage_options=storage,
+        storage=storage,
     )
     return model.to(device).eval()
 
@@ -81,8 +82,8 @@ class SegmentAnnotator:
         torch.set_num_threads(_torch_threads(config))
         if device is None:
             device = "cuda" if config.actors.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        storage = config.storage_options()
-        model = load_model(config, device, storage)
+        storage = config.storage.build()
+        model = load_model(config, device, storage=storage)
         self._text_encoder_loaded = False
         tracker = Tracker(
             model,
@@ -92,8 +93,8 @@ class SegmentAnnotator:
         )
         self.context = RunContext(
             tracker=tracker,
-            layout=OutputLayout(config.output.prefix, storage),
-            storage_options=storage,
+            layout=OutputLayout(config.output.prefix, storage=storage),
+            storage=storage,
             stride=config.frames.stride,
             target_fps=config.frames.target_fps,
             skip_hook=load_skip_hook(config.frames.skip_hook),
@@ -113,7 +114,7 @@ class SegmentAnnotator:
                     "text prompts need a CLIP text encoder: set model.text_encoder in the "
                     "config (the checkpoint names none)"
                 )
-            model.load_text_encoder(self.context.storage_options)
+            model.load_text_encoder(storage=self.context.storage)
         self._text_encoder_loaded = True
 
     def __call__(self, batch: Any) -> Any:

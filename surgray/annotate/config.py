@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from surgray.config import load_yaml_mapping, validate_config
 from surgray.errors import UserError
-from surgray.io.storage import Storage
+from surgray.io.storage_config import StorageConfig
 
 # What a prefix listing takes as a video (compared case-insensitively: recorders write .MP4).
 DEFAULT_EXTENSIONS = (
@@ -33,17 +33,6 @@ DEFAULT_EXTENSIONS = (
     ".mxf",
 )
 EXPORT_FORMATS = ("parquet", "davis", "sav_json", "overlay_mp4")
-# Storage option names that carry credentials; see the module docstring.
-_CREDENTIAL_KEYS = {
-    "key",
-    "secret",
-    "token",
-    "password",
-    "aws_access_key_id",
-    "aws_secret_access_key",
-    "aws_session_token",
-    "session_token",
-}
 _HOOK_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -83,41 +72,6 @@ class OutputConfig(_Section):
     prefix: str = Field(min_length=1)
     # A long video's rows go out in parts of this many rows, so a writer's memory is bounded.
     rows_per_part: int = Field(50_000, ge=1)
-
-
-class StorageConfig(_Section):
-    """fsspec options for object storage (s3fs names); credentials come from the environment."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    anon: bool = False
-    options: dict[str, Any] = Field(default_factory=dict)  # passed to fsspec as they are
-
-    @field_validator("options")
-    @classmethod
-    def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
-        found = sorted(k for k in value if k.lower() in _CREDENTIAL_KEYS)
-        if found:
-            raise ValueError(
-                f"credentials {found} do not belong in the config; use the environment "
-                "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), ~/.aws or the machine's role"
-            )
-        return value
-
-    def fsspec_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {}
-        if self.endpoint_url:
-            options["endpoint_url"] = self.endpoint_url
-        if self.region:
-            options["client_kwargs"] = {"region_name": self.region}
-        if self.anon:
-            options["anon"] = True
-        options.update(self.options)
-        return options
-
-    def build(self) -> Storage:
-        """The one storage object a job passes down with its URIs."""
-        return Storage(self.fsspec_options())
 
 
 class ModelSection(_Section):
@@ -257,9 +211,6 @@ class AnnotateConfig(_Section):
                 f"({self.frames.stride})"
             )
         return self
-
-    def storage_options(self) -> dict[str, Any]:
-        return self.storage.fsspec_options()
 
     def output_affecting(self) -> dict[str, Any]:
         """The settings that change the rows written, for the config hash.

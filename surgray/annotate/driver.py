@@ -96,7 +96,7 @@ def _load(config: AnnotateConfig, environ: Mapping[str, str] | None):
 
 def checkpoint_digest(config: AnnotateConfig) -> str:
     try:
-        return checkpoint_sha256(config.model.checkpoint, config.storage_options())
+        return checkpoint_sha256(config.model.checkpoint, storage=config.storage.build())
     except (OSError, VideoError) as exc:
         raise JobSetupError(f"model.checkpoint: {exc}") from exc
 
@@ -117,14 +117,14 @@ def prepare_job(config: AnnotateConfig, *, environ: Mapping[str, str] | None = N
     except ValueError as exc:
         raise JobSetupError(f"frames.skip_hook: {exc}") from exc
     try:
-        layout = OutputLayout(config.output.prefix, config.storage_options())
+        layout = OutputLayout(config.output.prefix, storage=config.storage.build())
     except ValueError as exc:
         raise JobSetupError(f"output.prefix: {exc}") from exc
     check_output_writable(layout)
     config = resolve_demo_inputs(config, dict(environ) if environ is not None else None)
     loaded = _load(config, environ)
     needs_text = any(task.prompts.texts for task in loaded.tasks)
-    check_model(config.model, config.storage_options(), needs_text=needs_text)
+    check_model(config.model, storage=layout.storage, needs_text=needs_text)
     digest = checkpoint_digest(config)
     config_digest = config_hash(config)
     provenances = {

@@ -83,7 +83,7 @@ def video_source(sample: VideoSample) -> str:
     folder = posixpath.dirname(frames.uris[0])
     if any(posixpath.dirname(u) != folder for u in frames.uris):
         raise DatasetError(f"{sample.video_id}: frames are spread over several folders")
-    _, listed = list_frame_files(folder, sample.storage_options)
+    _, listed = list_frame_files(folder, storage=sample.storage)
     names = [posixpath.basename(n) for n in listed]
     if names != [posixpath.basename(u) for u in frames.uris]:
         raise DatasetError(

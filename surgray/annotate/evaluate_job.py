@@ -38,6 +38,7 @@ from surgray.annotate.revisions import read_latest_records
 from surgray.annotate.session import CLICKS_COLUMN, FRAME_COUNT_COLUMN
 from surgray.annotate.status import EXIT_ALL_FAILED, EXIT_INVALID_CONFIG, EXIT_OK
 from surgray.errors import one_line
+from surgray.io.storage import Storage
 
 
 class _Section(BaseModel):
@@ -98,7 +99,7 @@ class EvaluateConfig(_Section):
         )
 
 
-def open_dataset(spec: DatasetSpec, storage: dict[str, Any] | None) -> Any:
+def open_dataset(spec: DatasetSpec, *, storage: Storage) -> Any:
     from surgray.data.davis import DavisDataset
     from surgray.data.endovis_raw import EndoVis18Raw
     from surgray.data.ref_endovis import RefEndoVisDataset
@@ -110,13 +111,13 @@ def open_dataset(spec: DatasetSpec, storage: dict[str, Any] | None) -> Any:
             images_dir=spec.images_dir,
             annotations_dir=spec.annotations_dir,
             dataset_name=spec.name,
-            storage_options=storage,
+            storage=storage,
         )
     if spec.layout == "ref-endovis":
         return RefEndoVisDataset(
-            spec.root, spec.split or "valid", dataset_name=spec.name, storage_options=storage
+            spec.root, spec.split or "valid", dataset_name=spec.name, storage=storage
         )
-    return EndoVis18Raw(spec.root, storage_options=storage)
+    return EndoVis18Raw(spec.root, storage=storage)
 
 
 def plan_dataset(
@@ -124,8 +125,8 @@ def plan_dataset(
 ) -> tuple[JobPlan, list[Any], list[EvalItem]]:
     """(the pipeline plan, the dataset's samples, their eval items) of one dataset."""
     annotate = config.annotate_config(spec)
-    storage = annotate.storage_options()
-    samples = list(open_dataset(spec, storage))
+    storage = annotate.storage.build()
+    samples = list(open_dataset(spec, storage=storage))
     if spec.videos is not None:
         unknown = sorted(set(spec.videos) - {s.video_id for s in samples})
         if unknown:
@@ -137,7 +138,7 @@ def plan_dataset(
         for s in samples
         for item in eval_items(s, protocol.prompt, protocol.num_clicks, protocol.passes)
     ]
-    layout = OutputLayout(annotate.output.prefix, storage)
+    layout = OutputLayout(annotate.output.prefix, storage=storage)
     digest = checkpoint_digest(annotate)
     base = sha256_text(
         canonical_json({"annotate": annotate.output_affecting(), "protocol": protocol.model_dump()})

@@ -31,6 +31,7 @@ from surgray.annotate.logsafe import SAFE_VIDEO_ID, log_uri, logger
 from surgray.annotate.prompts import PromptError, VideoPrompts
 from surgray.annotate.provenance import hash_video_id, load_salt
 from surgray.errors import UserError, one_line
+from surgray.io.storage import LOCAL, Storage
 
 COLUMNS = ("video_uri", "video_id", "text", "prompts")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
@@ -111,10 +112,8 @@ def _format(uri: str) -> str:
     raise ManifestInvalid(f"{uri}: unknown manifest format; use .csv, .jsonl or .parquet")
 
 
-def _read_bytes(uri: str, storage_options: dict[str, Any] | None) -> bytes:
-    from surgray.io.storage import filesystem
-
-    fs, path = filesystem(uri, storage_options)
+def _read_bytes(uri: str, *, storage: Storage) -> bytes:
+    fs, path = storage.filesystem(uri)
     try:
         return fs.cat_file(path)
     except FileNotFoundError:
@@ -237,7 +236,7 @@ def _stem(uri: str) -> str:
 def read_manifest(
     uri: str | os.PathLike[str],
     *,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
     global_texts: tuple[str, ...] = (),
     ids: VideoIds | None = None,
 ) -> ManifestResult:
@@ -247,7 +246,7 @@ def read_manifest(
     tasks: list[VideoTask] = []
     errors: list[ManifestError] = []
     first_row_of: dict[str, int] = {}  # video URI or id -> first row that used it
-    for number, row in _rows(text_uri, _read_bytes(text_uri, storage_options)):
+    for number, row in _rows(text_uri, _read_bytes(text_uri, storage=storage)):
         if isinstance(row, str):
             errors.append(ManifestError(number, one_line(row, MAX_REASON_CHARS)))
             continue
@@ -302,21 +301,21 @@ def list_videos(
     prefix: str,
     extensions: tuple[str, ...],
     *,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
     recursive: bool = True,
     exclude: tuple[str, ...] = (),
 ) -> list[str]:
     """Sorted URIs of the video files under `prefix` (hidden files and `exclude` left out)."""
-    from surgray.io.storage import filesystem, split_scheme
+    from surgray.io.storage import split_scheme
 
-    fs, root = filesystem(prefix, storage_options)
+    fs, root = storage.filesystem(prefix)
     fs.invalidate_cache()
     scheme = split_scheme(prefix)[0]
     if recursive:
         names = fs.find(root)
     else:
         names = [e["name"] for e in fs.ls(root, detail=True) if e.get("type") == "file"]
-    skip = tuple(filesystem(p, storage_options)[1].rstrip("/") + "/" for p in exclude)
+    skip = tuple(storage.filesystem(p)[1].rstrip("/") + "/" for p in exclude)
     wanted = tuple(ext.lower() for ext in extensions)
     found = []
     for name in names:
@@ -332,14 +331,14 @@ def load_tasks(
     config: AnnotateConfig, *, salt: bytes | None = None, environ: dict[str, str] | None = None
 ) -> ManifestResult:
     """The job's tasks from its manifest or prefix, with ids hashed when privacy asks for it."""
-    storage = config.storage_options()
+    storage = config.storage.build()
     privacy = config.privacy
     if privacy.hash_video_ids and salt is None:
-        salt = load_salt(privacy, environ, storage)
+        salt = load_salt(privacy, environ, storage=storage)
     ids = VideoIds(salt if privacy.hash_video_ids else None, privacy.id_hex_chars)
     if config.inputs.manifest is not None:
         result = read_manifest(
-            config.inputs.manifest, storage_options=storage, global_texts=config.prompts, ids=ids
+            config.inputs.manifest, storage=storage, global_texts=config.prompts, ids=ids
         )
     else:
         result = _list_tasks(config, storage, ids)
@@ -351,14 +350,12 @@ def load_tasks(
     return result
 
 
-def _list_tasks(config: AnnotateConfig, storage: dict[str, Any], ids: VideoIds) -> ManifestResult:
-    from surgray.io.storage import filesystem
-
+def _list_tasks(config: AnnotateConfig, storage: Storage, ids: VideoIds) -> ManifestResult:
     prefix = config.inputs.prefix or ""
     uris = list_videos(
         prefix,
         config.inputs.extensions,
-        storage_options=storage,
+        storage=storage,
         recursive=config.inputs.recursive,
         exclude=(config.output.prefix,),
     )
@@ -366,10 +363,10 @@ def _list_tasks(config: AnnotateConfig, storage: dict[str, Any], ids: VideoIds) 
         raise ManifestInvalid(
             f"inputs.prefix: no files with {list(config.inputs.extensions)} found"
         )
-    root = filesystem(prefix, storage)[1].rstrip("/") + "/"
+    root = storage.filesystem(prefix)[1].rstrip("/") + "/"
     tasks, errors, seen = [], [], {}
     for uri in uris:
-        relative = filesystem(uri, storage)[1].removeprefix(root)
+        relative = storage.filesystem(uri)[1].removeprefix(root)
         readable = posixpath.splitext(relative)[0].replace("/", "__")
         video_id = ids.make(uri, None, readable)
         if video_id in seen:

@@ -44,6 +44,7 @@ from surgray.annotate.status import (  # noqa: F401  (re-exported: the job impor
     summarize,
 )
 from surgray.io.records import MaskRecord
+from surgray.io.storage import Storage
 
 MARKER_FORMAT = 2  # 2: parts carry sha256 digests, and the marker a copy of the status
 
@@ -51,13 +52,11 @@ MARKER_FORMAT = 2  # 2: parts carry sha256 digests, and the marker a copy of the
 class OutputLayout:
     """Where each output of a video lives, and the few store operations the job needs."""
 
-    def __init__(
-        self, prefix: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
-    ):
+    def __init__(self, prefix: str | os.PathLike[str], *, storage: Storage):
         self.prefix = os.fspath(prefix).rstrip("/")
         if not self.prefix:
             raise ValueError("output prefix is empty")
-        self.storage_options = storage_options
+        self.storage = storage
 
     def masks_dir(self, video_id: str) -> str:
         return f"{self.prefix}/masks/video_id={check_video_id(video_id)}"
@@ -85,9 +84,7 @@ class OutputLayout:
 
     # Store operations, through fsspec; listings are refreshed since other processes write.
     def _fs(self, uri: str) -> tuple[Any, str]:
-        from surgray.io.storage import filesystem
-
-        fs, path = filesystem(uri, self.storage_options)
+        fs, path = self.storage.filesystem(uri)
         fs.invalidate_cache(path)
         return fs, path
 
@@ -453,9 +450,5 @@ def read_video_records(layout: OutputLayout, video_id: str) -> list[MaskRecord]:
         raise FileNotFoundError(f"{video_label(video_id)} has no completion marker")
     records: list[MaskRecord] = []
     for part in marker.parts:
-        records.extend(
-            read_parquet(
-                layout.part_uri(video_id, part.name), storage_options=layout.storage_options
-            )
-        )
+        records.extend(read_parquet(layout.part_uri(video_id, part.name), storage=layout.storage))
     return records

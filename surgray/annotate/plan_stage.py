@@ -34,6 +34,7 @@ from surgray.annotate.plan import plan_video
 from surgray.annotate.probe import ProbeResult, needs_probe, probe_task
 from surgray.annotate.prompts import VideoPrompts
 from surgray.annotate.provenance import Provenance
+from surgray.io.storage import Storage
 
 PROVENANCE_COLUMN = "provenance_json"  # each row carries its video's provenance to the actor
 ROW_COLUMN = "manifest_row"  # the manifest row number, -1 when the video came from a prefix
@@ -50,7 +51,7 @@ class PlanSettings:
     max_segment_frames: int | None
     stride: int
     frames: FramesConfig
-    storage_options: dict[str, Any] | None
+    storage: Storage
 
     @classmethod
     def from_config(cls, config: AnnotateConfig) -> PlanSettings:
@@ -58,7 +59,7 @@ class PlanSettings:
             max_segment_frames=config.segmenting.max_segment_frames,
             stride=config.frames.stride,
             frames=config.frames,
-            storage_options=config.storage_options(),
+            storage=config.storage.build(),
         )
 
 
@@ -159,7 +160,7 @@ def plan_rows(rows: Iterable[Mapping[str, Any]], settings: PlanSettings) -> list
     if wanted:
         with ThreadPoolExecutor(min(PROBE_THREADS, len(wanted))) as pool:
             found = pool.map(
-                lambda i: probe_task(tasks[i], settings.storage_options, settings.frames), wanted
+                lambda i: probe_task(tasks[i], settings.frames, storage=settings.storage), wanted
             )
             probes = dict(zip(wanted, found))
     planned: list[dict[str, Any]] = []

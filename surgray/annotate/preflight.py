@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from surgray.errors import UserError
+from surgray.io.storage import Storage
 
 # Messages of torch.load name a flag that would unpickle arbitrary code: never pass it on.
 _UNSAFE_ADVICE = "weights_only"
@@ -74,7 +75,7 @@ def check_output_writable(layout: Any) -> None:
         ) from exc
 
 
-def load_checked_network(model: Any, storage_options: dict[str, Any] | None) -> Any:
+def load_checked_network(model: Any, *, storage: Storage) -> Any:
     """The network of `model` (an annotate config's `ModelSection`), loaded as the actors load
     it; raises `PreflightError` naming model.checkpoint or model.variant."""
     from surgray.model.checkpoints.network_loading import load_network
@@ -86,7 +87,7 @@ def load_checked_network(model: Any, storage_options: dict[str, Any] | None) -> 
             model.variant,
             image_size=model.image_size,
             text_encoder=model.text_encoder,
-            storage_options=storage_options,
+            storage=storage,
         )
     except CheckpointError as exc:
         raise PreflightError(f"model.checkpoint: {safe_message(exc)}") from exc
@@ -101,7 +102,7 @@ def load_checked_network(model: Any, storage_options: dict[str, Any] | None) -> 
         raise missing_package(exc) from exc
 
 
-def check_text_support(network: Any, model: Any, storage_options: dict[str, Any] | None) -> None:
+def check_text_support(network: Any, model: Any, *, storage: Storage) -> None:
     """Raise `PreflightError` unless `network` can read text prompts."""
     from surgray.model.referring.resurgsam2 import ReSurgSAM2
 
@@ -119,39 +120,34 @@ def check_text_support(network: Any, model: Any, storage_options: dict[str, Any]
             "model.text_encoder: text prompts need a CLIP text encoder folder and the "
             f"checkpoint {model.checkpoint} names none"
         )
-    if not _exists(folder, storage_options):
+    if not _exists(folder, storage=storage):
         raise PreflightError(f"model.text_encoder {folder}: no such folder")
 
 
-def _exists(uri: str, storage_options: dict[str, Any] | None) -> bool:
-    from surgray.io.storage import filesystem, is_local, local_path
-
-    if is_local(uri):
-        return local_path(uri).exists()
+def _exists(uri: str, *, storage: Storage) -> bool:
     try:
-        fs, path = filesystem(uri, storage_options)
-        return bool(fs.exists(path))
+        return storage.exists(uri)
     except Exception:  # unreachable store: the actors would fail the same way
         return False
 
 
-def check_model(model: Any, storage_options: dict[str, Any] | None, *, needs_text: bool) -> float:
+def check_model(model: Any, *, storage: Storage, needs_text: bool) -> float:
     """Check the checkpoint (and text support when `needs_text`); returns the seconds taken."""
     started = time.monotonic()
-    network = load_checked_network(model, storage_options)
+    network = load_checked_network(model, storage=storage)
     if needs_text:
-        check_text_support(network, model, storage_options)
+        check_text_support(network, model, storage=storage)
     del network  # the driver does not keep a copy of the weights
     return time.monotonic() - started
 
 
-def check_paths_exist(named: list[tuple[str, str]], storage_options: dict[str, Any] | None) -> None:
+def check_paths_exist(named: list[tuple[str, str]], *, storage: Storage) -> None:
     """Raise one `PreflightError` naming every (setting, path) whose path does not exist;
     `demo:` checkpoints are shipped and always exist."""
     missing = [
         f"{setting} {uri}"
         for setting, uri in named
-        if not uri.startswith("demo:") and not _exists(uri, storage_options)
+        if not uri.startswith("demo:") and not _exists(uri, storage=storage)
     ]
     if missing:
         raise PreflightError(
@@ -162,7 +158,7 @@ def check_paths_exist(named: list[tuple[str, str]], storage_options: dict[str, A
 def check_evaluate_job(config: Any) -> None:
     """The evaluation job's checks before Ray starts: its datasets' roots and its checkpoint
     exist, and the checkpoint builds the configured network (`config`: an EvaluateConfig)."""
-    storage = config.storage.fsspec_options()
+    storage = config.storage.build()
     named = [(f"datasets.{d.name}.root", d.root) for d in config.datasets]
-    check_paths_exist([*named, ("model.checkpoint", config.model.checkpoint)], storage)
-    check_model(config.model, storage, needs_text=False)
+    check_paths_exist([*named, ("model.checkpoint", config.model.checkpoint)], storage=storage)
+    check_model(config.model, storage=storage, needs_text=False)

@@ -13,6 +13,7 @@ from typing import Any
 from surgray.annotate.config import FramesConfig
 from surgray.annotate.logsafe import redact
 from surgray.annotate.manifest import ManifestError, VideoTask
+from surgray.io.storage import Storage
 from surgray.io.video_types import FrameSelection, VideoInfo
 
 
@@ -61,18 +62,19 @@ def _geometry_problem(where: str, obj: Any, width: int, height: int) -> str | No
 
 def probe_task(
     task: VideoTask,
-    storage_options: dict[str, Any] | None = None,
     frames: FramesConfig | None = None,
+    *,
+    storage: Storage,
 ) -> ProbeResult:
     """Probe `task`'s video and check its prompts; read errors are reported, not raised."""
     from surgray.io.video import VideoError, probe
 
     try:
-        info = probe(task.video_uri, storage_options)
+        info = probe(task.video_uri, storage=storage)
         last = max((obj.frame for obj in task.prompts.objects), default=-1)
         if last >= info.frame_count and not info.frame_count_exact:
             # An estimated count may be short; count the frames before calling a prompt late.
-            info = probe(task.video_uri, storage_options, count_exact=True)
+            info = probe(task.video_uri, storage=storage, count_exact=True)
     except (VideoError, OSError) as exc:
         reason = "cannot read the video: " + redact(str(exc), task.video_uri, task.video_id)
         return ProbeResult(task.video_id, None, (ManifestError(task.row, reason, task.video_id),))

@@ -18,6 +18,7 @@ from typing import Any
 
 from surgray.annotate.config import AnnotateConfig, ConfigError, PrivacyConfig
 from surgray.annotate.prompts import VideoPrompts
+from surgray.io.storage import Storage
 
 MIN_SALT_BYTES = 16  # shorter salts make ids of guessable names open to brute force
 _CHUNK = 1 << 20
@@ -55,21 +56,18 @@ def _fingerprint(info: Mapping[str, Any]) -> str:
     return ""
 
 
-def checkpoint_sha256(
-    uri: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
-) -> str:
+def checkpoint_sha256(uri: str | os.PathLike[str], *, storage: Storage) -> str:
     """sha256 of a checkpoint file (a path, a URI or a shipped `demo:<name>`), read in 1 MiB
     chunks through fsspec.
 
     Cached in this process per (URI, size, ETag or mtime), so each actor of a job hashes a
     multi-GB checkpoint once, and a rewritten file is hashed again.
     """
-    from surgray.io.storage import filesystem
     from surgray.model.checkpoints.sam2_checkpoint import CheckpointError, shipped_checkpoint_path
 
     text = os.fspath(uri)
     try:
-        fs, path = filesystem(shipped_checkpoint_path(text), storage_options)
+        fs, path = storage.filesystem(shipped_checkpoint_path(text))
     except CheckpointError as exc:
         raise FileNotFoundError(str(exc)) from None
     fs.invalidate_cache(path)
@@ -142,14 +140,13 @@ def video_provenance(
 def load_salt(
     privacy: PrivacyConfig,
     environ: Mapping[str, str] | None = None,
-    storage_options: dict[str, Any] | None = None,
+    *,
+    storage: Storage,
 ) -> bytes:
     """The video-id salt, from `privacy.salt_file` if set, else the `privacy.salt_env` variable."""
     environ = os.environ if environ is None else environ
     if privacy.salt_file is not None:
-        from surgray.io.storage import filesystem
-
-        fs, path = filesystem(privacy.salt_file, storage_options)
+        fs, path = storage.filesystem(privacy.salt_file)
         try:
             with fs.open(path, "rb") as handle:
                 salt = handle.read().strip()

@@ -36,6 +36,7 @@ from surgray.annotate.outputs import OutputLayout, read_video_records
 from surgray.annotate.status import PartInfo
 from surgray.errors import UserError
 from surgray.io.records import MaskRecord
+from surgray.io.storage import LOCAL, Storage
 
 REVISION_FORMAT = 1
 ROWS_PER_PART = 50_000
@@ -180,7 +181,7 @@ class RevisionStore:
         rows: list[MaskRecord] = []
         for part in chosen.parts:
             uri = f"{self.folder(video_id)}/{chosen.parts_dir}/{part.name}"
-            rows.extend(read_parquet(uri, storage_options=self.layout.storage_options))
+            rows.extend(read_parquet(uri, storage=self.layout.storage))
         return rows
 
     # -- writing ----------------------------------------------------------------------------
@@ -223,7 +224,7 @@ class RevisionStore:
                 chunk = ordered[index : index + ROWS_PER_PART]
                 name = f"part-{index // ROWS_PER_PART:05d}.parquet"
                 uri = f"{self.folder(video_id)}/{parts_dir}/{name}"
-                rows = write_parquet(uri, chunk, storage_options=self.layout.storage_options)
+                rows = write_parquet(uri, chunk, storage=self.layout.storage)
                 parts.append(PartInfo(name, rows))
             record = Revision(
                 video_id=video_id,
@@ -301,12 +302,12 @@ def read_latest_records(
         raise
 
 
-def store_mask_table(root: str | os.PathLike[str]) -> Any:
+def store_mask_table(root: str | os.PathLike[str], *, storage: Storage = LOCAL) -> Any:
     """Every complete video of the annotation store at `root`, each from its latest reviewed
     revision, as one Arrow table of mask rows (what `surgray eval` scores)."""
     from surgray.io.exports import mask_table
 
-    layout = OutputLayout(os.fspath(root))
+    layout = OutputLayout(os.fspath(root), storage=storage)
     records: list[MaskRecord] = []
     for name in sorted(layout.names_in("_done")):
         if name.endswith(".json"):

@@ -111,11 +111,9 @@ def read_mask_rows(
     """The rows of the given parts of one video, in part order (for exports and tests)."""
     import pyarrow.parquet as pq
 
-    from surgray.io.storage import filesystem
-
     rows: list[dict[str, Any]] = []
     for part in parts:
-        fs, path = filesystem(layout.part_uri(video_id, part.name), layout.storage_options)
+        fs, path = layout.storage.filesystem(layout.part_uri(video_id, part.name))
         with fs.open(path, "rb") as handle:
             rows.extend(pq.read_table(handle, columns=columns).to_pylist())
     return rows

@@ -37,6 +37,7 @@ from surgray.annotate.provenance import Provenance
 from surgray.annotate.rows import DEFAULT_STATE, ProvenanceSegmentWriter
 from surgray.errors import UserError
 from surgray.io.records import MaskRecord
+from surgray.io.storage import Storage
 
 TEXT_PROMPTS_UNSUPPORTED = (
     "text prompts need a referring (ReSurgSAM2) checkpoint; model.checkpoint is a plain SAM2 one"
@@ -73,7 +74,7 @@ class RunContext:
 
     tracker: Any  # surgray.tracking.Tracker
     layout: OutputLayout
-    storage_options: dict[str, Any] | None
+    storage: Storage
     stride: int = 1
     target_fps: float | None = None
     skip_hook: Callable[[Any], bool] | None = None
@@ -142,7 +143,7 @@ class VideoRun:
             raise ValueError("no object prompts to track")
         self._reader = VideoReader(
             self.item.video_uri,
-            storage_options=self.ctx.storage_options,
+            storage=self.ctx.storage,
             stride=self.ctx.stride,
             target_fps=self.ctx.target_fps,
             start_frame=self.item.start_frame,

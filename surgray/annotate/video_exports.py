@@ -36,27 +36,27 @@ def export_video(plan: JobPlan, status: VideoStatus) -> None:
     from surgray.io.video import VideoReader, probe
 
     layout, video_id = plan.layout, status.video_id
-    storage = config.storage_options()
+    storage = plan.layout.storage
     task = plan.tasks[video_id]
     records = records_of_parts(layout, video_id, status.parts)
     if not records:
         return
-    info = plan.infos.get(video_id) or probe(task.video_uri, storage)
+    info = plan.infos.get(video_id) or probe(task.video_uri, storage=storage)
     if "davis" in formats:
-        write_davis(f"{layout.prefix}/exports/davis", records, storage_options=storage)
+        write_davis(f"{layout.prefix}/exports/davis", records, storage=storage)
     if "sav_json" in formats:
         write_sav_json(
             layout.export_uri(video_id, "sav_json"),
             records,
             fps=info.fps,
             frame_count=info.frame_count,
-            storage_options=storage,
+            storage=storage,
         )
     if "overlay_mp4" in formats:
         frames = config.frames
         reader = VideoReader(
             task.video_uri,
-            storage_options=storage,
+            storage=storage,
             stride=frames.stride,
             target_fps=frames.target_fps,
         )
@@ -73,5 +73,5 @@ def export_video(plan: JobPlan, status: VideoStatus) -> None:
             shown(),
             records,
             _sampled_fps(info.fps, frames.stride, frames.target_fps),
-            storage_options=storage,
+            storage=storage,
         )

@@ -31,7 +31,8 @@ from surgray.data.files import (
     stem,
 )
 from surgray.data.sample import ObjectMeta, VideoDataset, VideoSample
-from surgray.data.sources import IdMaskFiles, ImageFrames, PerObjectMaskFiles, StorageOptions
+from surgray.data.sources import IdMaskFiles, ImageFrames, PerObjectMaskFiles
+from surgray.io.storage import LOCAL, Storage
 
 
 def objects_from_meta(meta: Any, uri: str) -> tuple[ObjectMeta, ...]:
@@ -65,21 +66,21 @@ class DavisDataset(VideoDataset):
         annotations_dir: str = "Annotations",
         allow_sparse_annotations: bool = False,
         dataset_name: str = "davis",
-        storage_options: StorageOptions = None,
+        storage: Storage = LOCAL,
     ) -> None:
         self.dataset_name = dataset_name
         self.split = split or ""
-        self.storage_options = storage_options
+        self.storage = storage
         self.allow_sparse_annotations = allow_sparse_annotations
         self.base = join_uri(str(root), split) if split else str(root)
-        if not exists(self.base, storage_options, "directory"):
+        if not exists(self.base, "directory", storage=storage):
             raise DatasetError(f"{self.base}: {'split ' if split else ''}folder not found")
         self.images_root = join_uri(self.base, images_dir)
         self.annotations_root = join_uri(self.base, annotations_dir)
-        folders = list_dir(self.images_root, storage_options, "directory", what="frames folder")
+        folders = list_dir(self.images_root, "directory", what="frames folder", storage=storage)
         if not folders:
             raise DatasetError(f"{self.images_root}: no video folders (empty split)")
-        if not exists(self.annotations_root, storage_options, "directory"):
+        if not exists(self.annotations_root, "directory", storage=storage):
             raise DatasetError(f"{self.annotations_root}: annotations folder not found")
         super().__init__([basename(f) for f in folders])
 
@@ -88,15 +89,15 @@ class DavisDataset(VideoDataset):
 
     def sample(self, video_id: str) -> VideoSample:
         frame_dir = join_uri(self.images_root, video_id)
-        frame_uris = image_files(frame_dir, self.storage_options)
+        frame_uris = image_files(frame_dir, storage=self.storage)
         if not frame_uris:
             raise DatasetError(f"{frame_dir}: no JPEG/PNG frames")
         names = tuple(stem(u) for u in frame_uris)
         masks, folder_ids = self._masks(video_id, names, frame_uris)
         meta_uri = self.meta_path(video_id)
-        if exists(meta_uri, self.storage_options, "file"):
+        if exists(meta_uri, "file", storage=self.storage):
             objects = objects_from_meta(
-                read_json(meta_uri, self.storage_options, "Meta file"), meta_uri
+                read_json(meta_uri, "Meta file", storage=self.storage), meta_uri
             )
         else:
             meta_uri = None
@@ -110,11 +111,11 @@ class DavisDataset(VideoDataset):
             split=self.split,
             video_id=video_id,
             frame_names=names,
-            frames=ImageFrames(tuple(frame_uris), storage_options=self.storage_options),
+            frames=ImageFrames(tuple(frame_uris), storage=self.storage),
             masks=masks,
             objects=objects,
             meta_uri=meta_uri,
-            storage_options=self.storage_options,
+            storage=self.storage,
         )
 
     def _masks(
@@ -122,16 +123,16 @@ class DavisDataset(VideoDataset):
     ) -> tuple[IdMaskFiles | PerObjectMaskFiles, list[int] | None]:
         folder = join_uri(self.annotations_root, video_id)
         what = f"annotation folder of video {video_id!r}"
-        files = list_dir(folder, self.storage_options, "file", what=what)
+        files = list_dir(folder, "file", what=what, storage=self.storage)
         pngs = [e for e in files if e.lower().endswith(".png")]
-        subfolders = [] if pngs else list_dir(folder, self.storage_options, "directory", what=what)
+        subfolders = [] if pngs else list_dir(folder, "directory", what=what, storage=self.storage)
         index = {name: i for i, name in enumerate(names)}
         if pngs or not subfolders:
             by_frame: list[str | None] = [None] * len(names)
             for uri in pngs:
                 by_frame[self._frame_of(uri, index, folder)] = uri
             self._check_coverage(by_frame, folder, names, frame_uris)
-            return IdMaskFiles(tuple(by_frame), storage_options=self.storage_options), None
+            return IdMaskFiles(tuple(by_frame), storage=self.storage), None
         # One folder per object (SA-V): ids are the folder numbers, shifted if they count from 0.
         try:
             numbers = [int(basename(f)) for f in subfolders]
@@ -142,14 +143,12 @@ class DavisDataset(VideoDataset):
         shift = 1 if 0 in numbers else 0
         per_frame: list[list[tuple[int, str]]] = [[] for _ in names]
         for number, sub in zip(numbers, subfolders):
-            for uri in list_dir(sub, self.storage_options, "file"):
+            for uri in list_dir(sub, "file", storage=self.storage):
                 if uri.lower().endswith(".png"):
                     per_frame[self._frame_of(uri, index, sub)].append((number + shift, uri))
         by_object = tuple(tuple(f) if f else None for f in per_frame)
         self._check_coverage(by_object, folder, names, frame_uris)
-        return PerObjectMaskFiles(by_object, storage_options=self.storage_options), [
-            n + shift for n in numbers
-        ]
+        return PerObjectMaskFiles(by_object, storage=self.storage), [n + shift for n in numbers]
 
     @staticmethod
     def _frame_of(uri: str, index: dict[str, int], folder: str) -> int:

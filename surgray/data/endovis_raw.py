@@ -47,8 +47,8 @@ from surgray.data.sources import (
     CropBox,
     ImageFrames,
     PerObjectMaskFiles,
-    StorageOptions,
 )
+from surgray.io.storage import LOCAL, Storage
 
 EV17_CROP = CropBox(top=28, left=320, height=1024, width=1280)
 EV18_CLASS_ID_OFFSET = 7
@@ -70,19 +70,17 @@ EV18_CLASSES: tuple[tuple[int, str, tuple[int, int, int]], ...] = (
 )
 
 
-def _find_folders(
-    root: str, pattern: str, storage_options: StorageOptions, what: str
-) -> dict[str, str]:
+def _find_folders(root: str, pattern: str, storage: Storage, what: str) -> dict[str, str]:
     """Video id -> folder for folders named like `pattern` at root or one level below."""
     regex = re.compile(pattern)
     found: dict[str, str] = {}
-    for entry in list_dir(root, storage_options, "directory", what="dataset root"):
+    for entry in list_dir(root, "directory", what="dataset root", storage=storage):
         candidates = (
             [entry]
             if regex.fullmatch(basename(entry))
             else [
                 c
-                for c in list_dir(entry, storage_options, "directory")
+                for c in list_dir(entry, "directory", storage=storage)
                 if regex.fullmatch(basename(c))
             ]
         )
@@ -97,9 +95,9 @@ def _find_folders(
     return found
 
 
-def _frames(folder: str, storage_options: StorageOptions) -> list[str]:
+def _frames(folder: str, storage: Storage) -> list[str]:
     frames_dir = join_uri(folder, "left_frames")
-    uris = image_files(frames_dir, storage_options, what="left_frames folder")
+    uris = image_files(frames_dir, what="left_frames folder", storage=storage)
     if not uris:
         raise DatasetError(f"{frames_dir}: no frames")
     return uris
@@ -114,30 +112,30 @@ class EndoVis17Raw(VideoDataset):
         *,
         crop: bool = True,
         allow_sparse_annotations: bool = False,
-        storage_options: StorageOptions = None,
+        storage: Storage = LOCAL,
     ) -> None:
         self.dataset_name, self.split = "endovis17", ""
         self.crop = EV17_CROP if crop else None
         self.allow_sparse_annotations = allow_sparse_annotations
-        self.storage_options = storage_options
+        self.storage = storage
         self.folders = _find_folders(
-            str(root), r"instrument_dataset_(\d+)", storage_options, "instrument_dataset_<k>"
+            str(root), r"instrument_dataset_(\d+)", storage, "instrument_dataset_<k>"
         )
         super().__init__(list(self.folders))
 
     def sample(self, video_id: str) -> VideoSample:
         folder = self.folders[video_id]
-        frame_uris = _frames(folder, self.storage_options)
+        frame_uris = _frames(folder, storage=self.storage)
         names = [basename(u) for u in frame_uris]
         truth = join_uri(folder, "ground_truth")
-        if not exists(truth, self.storage_options, "directory"):
+        if not exists(truth, "directory", storage=self.storage):
             if not self.allow_sparse_annotations:
                 raise DatasetError(
                     f"{truth}: ground_truth folder not found (pass allow_sparse_annotations=True to read unlabelled test sequences)"
                 )
             instrument_dirs = []
         else:
-            instrument_dirs = list_dir(truth, self.storage_options, "directory")
+            instrument_dirs = list_dir(truth, "directory", storage=self.storage)
         objects, per_frame = [], [[] for _ in names]
         for obj_id, instrument_dir in enumerate(instrument_dirs, start=1):
             category = try_canonical_category(basename(instrument_dir))
@@ -147,7 +145,7 @@ class EndoVis17Raw(VideoDataset):
                 )
             objects.append(ObjectMeta(obj_id, category, "instrument", basename(instrument_dir)))
             present = {
-                basename(u): u for u in list_dir(instrument_dir, self.storage_options, "file")
+                basename(u): u for u in list_dir(instrument_dir, "file", storage=self.storage)
             }
             for i, name in enumerate(names):
                 if name in present:
@@ -166,31 +164,31 @@ class EndoVis17Raw(VideoDataset):
                 )
             files.append(tuple(entries) if entries else None)
         masks = (
-            PerObjectMaskFiles(tuple(files), self.crop, self.storage_options) if objects else None
+            PerObjectMaskFiles(tuple(files), self.crop, storage=self.storage) if objects else None
         )
         return VideoSample(
             dataset=self.dataset_name,
             split=self.split,
             video_id=video_id,
             frame_names=tuple(n.rsplit(".", 1)[0] for n in names),
-            frames=ImageFrames(tuple(frame_uris), self.crop, self.storage_options),
+            frames=ImageFrames(tuple(frame_uris), self.crop, storage=self.storage),
             masks=masks,
             objects=tuple(objects),
-            storage_options=self.storage_options,
+            storage=self.storage,
         )
 
 
 def ev18_class_table(
-    folder: str, storage_options: StorageOptions
+    folder: str, storage: Storage
 ) -> tuple[tuple[int, str, tuple[int, int, int]], ...]:
     """(classid, name, rgb) rows from seq_<k>/labels.json, or the standard table."""
     uri = join_uri(folder, "labels.json")
-    if not exists(uri, storage_options, "file"):
+    if not exists(uri, "file", storage=storage):
         return EV18_CLASSES
     try:
         return tuple(
             (int(row["classid"]), str(row["name"]), tuple(int(c) for c in row["color"][:3]))
-            for row in read_json(uri, storage_options, "class table")
+            for row in read_json(uri, "class table", storage=storage)
         )  # type: ignore[misc]
     except (KeyError, TypeError, ValueError) as exc:
         raise DatasetError(f"{uri}: expected a list of {{name, color, classid}}: {exc!r}") from exc
@@ -205,13 +203,13 @@ class EndoVis18Raw(VideoDataset):
         *,
         merge_instrument_parts: bool = True,
         allow_sparse_annotations: bool = False,
-        storage_options: StorageOptions = None,
+        storage: Storage = LOCAL,
     ) -> None:
         self.dataset_name, self.split = "endovis18", ""
         self.merge_instrument_parts = merge_instrument_parts
         self.allow_sparse_annotations = allow_sparse_annotations
-        self.storage_options = storage_options
-        self.folders = _find_folders(str(root), r"seq_(\d+)", storage_options, "seq_<k>")
+        self.storage = storage
+        self.folders = _find_folders(str(root), r"seq_(\d+)", storage, "seq_<k>")
         super().__init__(list(self.folders))
 
     def _objects(
@@ -219,7 +217,7 @@ class EndoVis18Raw(VideoDataset):
     ) -> tuple[list[ObjectMeta], tuple[tuple[tuple[int, int, int], int], ...]]:
         objects: dict[int, ObjectMeta] = {}
         colors = []
-        for class_id, name, rgb in ev18_class_table(folder, self.storage_options):
+        for class_id, name, rgb in ev18_class_table(folder, storage=self.storage):
             if class_id == 0 or name.startswith("background"):
                 colors.append((rgb, 0))
                 continue
@@ -251,11 +249,11 @@ class EndoVis18Raw(VideoDataset):
 
     def sample(self, video_id: str) -> VideoSample:
         folder = self.folders[video_id]
-        frame_uris = _frames(folder, self.storage_options)
+        frame_uris = _frames(folder, storage=self.storage)
         labels_dir = join_uri(folder, "labels")
         labels = {
             basename(u): u
-            for u in image_files(labels_dir, self.storage_options, what="labels folder")
+            for u in image_files(labels_dir, what="labels folder", storage=self.storage)
         }
         by_frame = []
         for uri in frame_uris:
@@ -275,8 +273,8 @@ class EndoVis18Raw(VideoDataset):
             split=self.split,
             video_id=video_id,
             frame_names=tuple(basename(u).rsplit(".", 1)[0] for u in frame_uris),
-            frames=ImageFrames(tuple(frame_uris), storage_options=self.storage_options),
-            masks=ColorClassMaskFiles(tuple(by_frame), colors, self.storage_options),
+            frames=ImageFrames(tuple(frame_uris), storage=self.storage),
+            masks=ColorClassMaskFiles(tuple(by_frame), colors, storage=self.storage),
             objects=tuple(objects),
-            storage_options=self.storage_options,
+            storage=self.storage,
         )

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from surgray.errors import UserError
-from surgray.io.storage import filesystem, is_local, local_path
+from surgray.io.storage import Storage, is_local, local_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -46,7 +46,7 @@ def _uri_of(uri: str, fs_path: str) -> str:
     return f"{uri.split('://', 1)[0]}://{fs_path}"
 
 
-def exists(uri: str, storage_options: dict[str, Any] | None = None, kind: str = "any") -> bool:
+def exists(uri: str, kind: str = "any", *, storage: Storage) -> bool:
     if is_local(uri):
         path = local_path(uri)
         return (
@@ -56,7 +56,7 @@ def exists(uri: str, storage_options: dict[str, Any] | None = None, kind: str = 
             if kind == "file"
             else path.exists()
         )
-    fs, path = filesystem(uri, storage_options)
+    fs, path = storage.filesystem(uri)
     if kind == "directory":
         return fs.isdir(path)
     if kind == "file":
@@ -66,9 +66,10 @@ def exists(uri: str, storage_options: dict[str, Any] | None = None, kind: str = 
 
 def list_dir(
     uri: str,
-    storage_options: dict[str, Any] | None = None,
     kind: Literal["any", "file", "directory"] = "any",
     what: str = "folder",
+    *,
+    storage: Storage,
 ) -> list[str]:
     """Entry URIs of a folder in natural order; DatasetError naming it when it does not exist."""
     if is_local(uri):
@@ -81,7 +82,7 @@ def list_dir(
             if not child.name.startswith(".")
         ]
     else:
-        fs, path = filesystem(uri, storage_options)
+        fs, path = storage.filesystem(uri)
         if not fs.isdir(path):
             raise DatasetError(f"{uri}: {what} not found")
         entries = [
@@ -93,58 +94,52 @@ def list_dir(
     return sorted(chosen, key=lambda name: natural_key(basename(name)))
 
 
-def image_files(
-    uri: str, storage_options: dict[str, Any] | None = None, what: str = "frame folder"
-) -> list[str]:
+def image_files(uri: str, what: str = "frame folder", *, storage: Storage) -> list[str]:
     return [
         name
-        for name in list_dir(uri, storage_options, "file", what)
+        for name in list_dir(uri, "file", what, storage=storage)
         if name.lower().endswith(IMAGE_SUFFIXES)
     ]
 
 
-def read_bytes(
-    uri: str, storage_options: dict[str, Any] | None = None, what: str = "file"
-) -> bytes:
+def read_bytes(uri: str, what: str = "file", *, storage: Storage) -> bytes:
     if is_local(uri):
         path = local_path(uri)
         if not path.is_file():
             raise DatasetError(f"{uri}: {what} not found")
         return path.read_bytes()
-    fs, path = filesystem(uri, storage_options)
+    fs, path = storage.filesystem(uri)
     try:
         return fs.cat_file(path)
     except FileNotFoundError as exc:
         raise DatasetError(f"{uri}: {what} not found") from exc
 
 
-def read_json(
-    uri: str, storage_options: dict[str, Any] | None = None, what: str = "JSON file"
-) -> Any:
+def read_json(uri: str, what: str = "JSON file", *, storage: Storage) -> Any:
     try:
-        return json.loads(read_bytes(uri, storage_options, what))
+        return json.loads(read_bytes(uri, what, storage=storage))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{uri}: {what} is not valid JSON: {exc}") from exc
 
 
-def _open_image(uri: str, storage_options: dict[str, Any] | None) -> Any:
+def _open_image(uri: str, *, storage: Storage) -> Any:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        return Image.open(io.BytesIO(read_bytes(uri, storage_options, "image")))
+        return Image.open(io.BytesIO(read_bytes(uri, "image", storage=storage)))
     except (UnidentifiedImageError, OSError) as exc:
         raise DatasetError(f"{uri}: not a readable image: {exc}") from exc
 
 
-def read_rgb(uri: str, storage_options: dict[str, Any] | None = None) -> np.ndarray:
+def read_rgb(uri: str, *, storage: Storage) -> np.ndarray:
     """[H, W, 3] uint8 RGB of an image file."""
-    image = _open_image(uri, storage_options)
+    image = _open_image(uri, storage=storage)
     return np.asarray(image.convert("RGB"))
 
 
-def read_ids(uri: str, storage_options: dict[str, Any] | None = None) -> np.ndarray:
+def read_ids(uri: str, *, storage: Storage) -> np.ndarray:
     """[H, W] uint8 object ids of a palette or greyscale PNG (the palette colours are ignored)."""
-    image = _open_image(uri, storage_options)
+    image = _open_image(uri, storage=storage)
     if image.mode not in ("P", "L", "1"):
         raise DatasetError(
             f"{uri}: expected a palette or greyscale PNG of object ids, got mode {image.mode}"
@@ -152,15 +147,15 @@ def read_ids(uri: str, storage_options: dict[str, Any] | None = None) -> np.ndar
     return np.asarray(image, dtype=np.uint8)
 
 
-def read_grey(uri: str, storage_options: dict[str, Any] | None = None) -> np.ndarray:
+def read_grey(uri: str, *, storage: Storage) -> np.ndarray:
     """[H, W] uint8 grey values (palette images give their indices)."""
-    image = _open_image(uri, storage_options)
+    image = _open_image(uri, storage=storage)
     if image.mode == "P":
         return np.asarray(image, dtype=np.uint8)
     return np.asarray(image.convert("L"))
 
 
-def image_size(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[int, int]:
+def image_size(uri: str, *, storage: Storage) -> tuple[int, int]:
     """(height, width) from the image header, without decoding the pixels."""
-    width, height = _open_image(uri, storage_options).size
+    width, height = _open_image(uri, storage=storage).size
     return height, width

@@ -24,7 +24,7 @@ from surgray.data.davis import DavisDataset
 from surgray.data.expressions import ReferringExpression, object_expression
 from surgray.data.files import DatasetError, exists, join_uri, read_json
 from surgray.data.sample import VideoSample
-from surgray.data.sources import StorageOptions
+from surgray.io.storage import LOCAL, Storage
 
 
 def expressions_from_file(entry: Any, uri: str, video_id: str) -> tuple[ReferringExpression, ...]:
@@ -79,14 +79,14 @@ class RefEndoVisDataset(DavisDataset):
         *,
         location_when_ambiguous: bool = True,
         dataset_name: str = "ref-endovis",
-        storage_options: StorageOptions = None,
+        storage: Storage = LOCAL,
     ) -> None:
-        super().__init__(root, split, dataset_name=dataset_name, storage_options=storage_options)
+        super().__init__(root, split, dataset_name=dataset_name, storage=storage)
         self.location_when_ambiguous = location_when_ambiguous
         self.expressions_uri = join_uri(self.base, "meta_expressions.json")
         self._expression_videos: dict[str, Any] | None = None
-        if exists(self.expressions_uri, storage_options, "file"):
-            data = read_json(self.expressions_uri, storage_options, "expressions file")
+        if exists(self.expressions_uri, "file", storage=storage):
+            data = read_json(self.expressions_uri, "expressions file", storage=storage)
             if not isinstance(data, dict) or not isinstance(data.get("videos"), dict):
                 raise DatasetError(
                     f"{self.expressions_uri}: expected {{'videos': {{video id: ...}}}}"
@@ -106,7 +106,7 @@ class RefEndoVisDataset(DavisDataset):
                 self._expression_videos[video_id], self.expressions_uri, video_id
             )
         else:
-            meta = read_json(sample.meta_uri, self.storage_options, "Meta file")
+            meta = read_json(sample.meta_uri, "Meta file", storage=self.storage)
             expressions = expressions_from_meta(sample, meta, self.location_when_ambiguous)
         known = {o.obj_id for o in sample.objects}
         for expression in expressions:

@@ -18,7 +18,8 @@ import numpy as np
 from surgray.data.categories import ObjectKind
 from surgray.data.expressions import ReferringExpression
 from surgray.data.files import DatasetError, read_json
-from surgray.data.sources import FrameSource, MaskSource, StorageOptions
+from surgray.data.sources import FrameSource, MaskSource
+from surgray.io.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class VideoSample:
     objects: tuple[ObjectMeta, ...]
     expressions: tuple[ReferringExpression, ...] = ()
     meta_uri: str | None = None  # Ref-EndoVis Meta/<video>.json with per-frame action/location
-    storage_options: StorageOptions = field(default=None, repr=False)
+    storage: Storage = field(kw_only=True, repr=False)
 
     @property
     def num_frames(self) -> int:
@@ -127,7 +128,7 @@ class VideoSample:
         """Ref-EndoVis per-frame meta: frame name -> object id -> (action, location, unique)."""
         if self.meta_uri is None:
             raise DatasetError(f"{self.video_id}: this dataset has no per-frame meta")
-        data = read_json(self.meta_uri, self.storage_options, "Meta file")
+        data = read_json(self.meta_uri, "Meta file", storage=self.storage)
         try:
             return {
                 name: {

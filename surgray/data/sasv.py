@@ -34,7 +34,8 @@ from surgray.data.files import (
     stem,
 )
 from surgray.data.sample import ObjectMeta, VideoDataset, VideoSample
-from surgray.data.sources import ImageFrames, RleMasklets, StorageOptions, VideoFileFrames
+from surgray.data.sources import ImageFrames, RleMasklets, VideoFileFrames
+from surgray.io.storage import LOCAL, Storage
 
 MANUAL_SUFFIX = "_manual.json"
 SAV_ANNOTATION_STRIDE = 4
@@ -70,18 +71,18 @@ class SavJsonDataset(VideoDataset):
         frames_dir: str | None = None,
         annotation_stride: int = SAV_ANNOTATION_STRIDE,
         dataset_name: str = "sa-v",
-        storage_options: StorageOptions = None,
+        storage: Storage = LOCAL,
     ) -> None:
         if annotation_stride < 1:
             raise ValueError(f"annotation_stride must be >= 1, got {annotation_stride}")
         self.dataset_name, self.split = dataset_name, split or ""
-        self.storage_options = storage_options
+        self.storage = storage
         self.annotation_stride = annotation_stride
         self.base = join_uri(str(root), split) if split else str(root)
         self.frames_dir = join_uri(self.base, frames_dir) if frames_dir else None
         jsons = [
             u
-            for u in list_dir(self.base, storage_options, "file", what="split folder")
+            for u in list_dir(self.base, "file", what="split folder", storage=storage)
             if u.endswith(MANUAL_SUFFIX)
         ]
         if not jsons:
@@ -90,7 +91,7 @@ class SavJsonDataset(VideoDataset):
 
     def sample(self, video_id: str) -> VideoSample:
         json_uri = join_uri(self.base, video_id + MANUAL_SUFFIX)
-        data = read_json(json_uri, self.storage_options, "masklet JSON")
+        data = read_json(json_uri, "masklet JSON", storage=self.storage)
         objects = masklet_objects(data, json_uri)
         masklets = data.get("masklet")
         if not isinstance(masklets, list):
@@ -98,19 +99,19 @@ class SavJsonDataset(VideoDataset):
                 f"{json_uri}: expected a 'masklet' list (one entry per annotated frame)"
             )
         if self.frames_dir is not None:
-            frame_uris = image_files(join_uri(self.frames_dir, video_id), self.storage_options)
+            frame_uris = image_files(join_uri(self.frames_dir, video_id), storage=self.storage)
             if not frame_uris:
                 raise DatasetError(f"{join_uri(self.frames_dir, video_id)}: no JPEG/PNG frames")
-            frames: Any = ImageFrames(tuple(frame_uris), storage_options=self.storage_options)
+            frames: Any = ImageFrames(tuple(frame_uris), storage=self.storage)
             names = tuple(stem(u) for u in frame_uris)
         else:
             video_uri = join_uri(self.base, f"{video_id}.mp4")
-            if not exists(video_uri, self.storage_options, "file"):
+            if not exists(video_uri, "file", storage=self.storage):
                 raise DatasetError(
                     f"{video_uri}: video not found for {json_uri} (or pass frames_dir)"
                 )
             count = self._frame_count(data, json_uri, video_uri)
-            frames = VideoFileFrames(video_uri, tuple(range(count)), self.storage_options)
+            frames = VideoFileFrames(video_uri, tuple(range(count)), storage=self.storage)
             names = tuple(f"{i:05d}" for i in range(count))
         last = (len(masklets) - 1) * self.annotation_stride
         if last >= len(names):
@@ -128,10 +129,10 @@ class SavJsonDataset(VideoDataset):
             frame_names=names,
             frames=frames,
             masks=RleMasklets(
-                json_uri, tuple(index), tuple(o.obj_id for o in objects), self.storage_options
+                json_uri, tuple(index), tuple(o.obj_id for o in objects), storage=self.storage
             ),
             objects=objects,
-            storage_options=self.storage_options,
+            storage=self.storage,
         )
 
     def _frame_count(self, data: Any, json_uri: str, video_uri: str) -> int:
@@ -139,30 +140,28 @@ class SavJsonDataset(VideoDataset):
         if count is None:
             from surgray.io.video import probe
 
-            return probe(video_uri, self.storage_options, count_exact=True).frame_count
+            return probe(video_uri, storage=self.storage, count_exact=True).frame_count
         return int(float(count))
 
 
 def open_sasv(
-    root: str, split: str | None = None, *, storage_options: StorageOptions = None, **kwargs: Any
+    root: str, split: str | None = None, *, storage: Storage = LOCAL, **kwargs: Any
 ) -> VideoDataset:
     """SA-SV split in whichever assumed layout it is stored (see the module docstring)."""
     base = join_uri(str(root), split) if split else str(root)
-    if not exists(base, storage_options, "directory"):
+    if not exists(base, "directory", storage=storage):
         raise DatasetError(f"{base}: {'split ' if split else ''}folder not found")
-    if exists(join_uri(base, "JPEGImages"), storage_options, "directory"):
+    if exists(join_uri(base, "JPEGImages"), "directory", storage=storage):
         return DavisDataset(
             root,
             split,
             allow_sparse_annotations=True,
             dataset_name="sa-sv",
-            storage_options=storage_options,
+            storage=storage,
             **kwargs,
         )
-    if any(u.endswith(MANUAL_SUFFIX) for u in list_dir(base, storage_options, "file")):
-        return SavJsonDataset(
-            root, split, dataset_name="sa-sv", storage_options=storage_options, **kwargs
-        )
+    if any(u.endswith(MANUAL_SUFFIX) for u in list_dir(base, "file", storage=storage)):
+        return SavJsonDataset(root, split, dataset_name="sa-sv", storage=storage, **kwargs)
     raise DatasetError(
         f"{base}: neither JPEGImages/ (DAVIS layout) nor *{MANUAL_SUFFIX} files (SA-V JSON) found"
     )

@@ -9,14 +9,13 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from surgray.data.files import DatasetError, image_size, read_grey, read_ids, read_json, read_rgb
-
-StorageOptions = dict[str, Any] | None
+from surgray.io.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -69,11 +68,11 @@ class MaskSource(Protocol):
 class ImageFrames:
     uris: tuple[str, ...]
     crop: CropBox | None = None
-    storage_options: StorageOptions = None
+    storage: Storage = field(kw_only=True, repr=False)
     uniform_size: ClassVar[bool] = False
 
     def load(self, index: int) -> np.ndarray:
-        return _crop(read_rgb(self.uris[index], self.storage_options), self.crop, self.uris[index])
+        return _crop(read_rgb(self.uris[index], storage=self.storage), self.crop, self.uris[index])
 
     def iter_images(self) -> Iterator[np.ndarray]:
         for index in range(len(self.uris)):
@@ -81,7 +80,7 @@ class ImageFrames:
 
     def size(self, index: int) -> tuple[int, int]:
         return _cropped_size(
-            image_size(self.uris[index], self.storage_options), self.crop, self.uris[index]
+            image_size(self.uris[index], storage=self.storage), self.crop, self.uris[index]
         )
 
     def describe(self, index: int) -> str:
@@ -94,7 +93,7 @@ class VideoFileFrames:
 
     uri: str
     frame_indices: tuple[int, ...]
-    storage_options: StorageOptions = None
+    storage: Storage = field(kw_only=True, repr=False)
     uniform_size: ClassVar[bool] = True
 
     def load(self, index: int) -> np.ndarray:
@@ -103,7 +102,7 @@ class VideoFileFrames:
         wanted = self.frame_indices[index]
         with VideoReader(
             self.uri,
-            storage_options=self.storage_options,
+            storage=self.storage,
             start_frame=wanted,
             end_frame=wanted + 1,
             prefetch=1,
@@ -122,7 +121,7 @@ class VideoFileFrames:
         target = next(wanted)
         first, last = min(self.frame_indices), max(self.frame_indices)
         with VideoReader(
-            self.uri, storage_options=self.storage_options, start_frame=first, end_frame=last + 1
+            self.uri, storage=self.storage, start_frame=first, end_frame=last + 1
         ) as reader:
             for frame in reader:
                 while frame.index == target:
@@ -135,7 +134,7 @@ class VideoFileFrames:
     def size(self, index: int) -> tuple[int, int]:
         from surgray.io.video import probe
 
-        info = probe(self.uri, self.storage_options)
+        info = probe(self.uri, storage=self.storage)
         return info.height, info.width
 
     def describe(self, index: int) -> str:
@@ -148,18 +147,18 @@ class IdMaskFiles:
 
     uris: tuple[str | None, ...]
     crop: CropBox | None = None
-    storage_options: StorageOptions = None
+    storage: Storage = field(kw_only=True, repr=False)
 
     def annotated(self, index: int) -> bool:
         return self.uris[index] is not None
 
     def load(self, index: int) -> np.ndarray:
         uri = self._uri(index)
-        return _crop(read_ids(uri, self.storage_options), self.crop, uri)
+        return _crop(read_ids(uri, storage=self.storage), self.crop, uri)
 
     def size(self, index: int) -> tuple[int, int]:
         uri = self._uri(index)
-        return _cropped_size(image_size(uri, self.storage_options), self.crop, uri)
+        return _cropped_size(image_size(uri, storage=self.storage), self.crop, uri)
 
     def describe(self, index: int) -> str:
         return self.uris[index] or f"(no annotation for frame {index})"
@@ -179,7 +178,7 @@ class PerObjectMaskFiles:
 
     files: tuple[tuple[tuple[int, str], ...] | None, ...]  # per frame: ((obj_id, uri), ...)
     crop: CropBox | None = None
-    storage_options: StorageOptions = None
+    storage: Storage = field(kw_only=True, repr=False)
 
     def annotated(self, index: int) -> bool:
         return self.files[index] is not None
@@ -187,7 +186,7 @@ class PerObjectMaskFiles:
     def load(self, index: int) -> np.ndarray:
         ids: np.ndarray | None = None
         for obj_id, uri in self._files(index):
-            mask = _crop(read_grey(uri, self.storage_options), self.crop, uri) > 0
+            mask = _crop(read_grey(uri, storage=self.storage), self.crop, uri) > 0
             if ids is None:
                 ids = np.zeros(mask.shape, np.uint8)
             elif mask.shape != ids.shape:
@@ -201,7 +200,7 @@ class PerObjectMaskFiles:
 
     def size(self, index: int) -> tuple[int, int]:
         uri = self._files(index)[0][1]
-        return _cropped_size(image_size(uri, self.storage_options), self.crop, uri)
+        return _cropped_size(image_size(uri, storage=self.storage), self.crop, uri)
 
     def describe(self, index: int) -> str:
         files = self.files[index]
@@ -220,7 +219,7 @@ class ColorClassMaskFiles:
 
     uris: tuple[str | None, ...]
     colors: tuple[tuple[tuple[int, int, int], int], ...]  # ((r, g, b), obj_id)
-    storage_options: StorageOptions = None
+    storage: Storage = field(kw_only=True, repr=False)
 
     def annotated(self, index: int) -> bool:
         return self.uris[index] is not None
@@ -229,7 +228,7 @@ class ColorClassMaskFiles:
         uri = self.uris[index]
         if uri is None:
             raise DatasetError(f"frame {index} has no annotation")
-        rgb = read_rgb(uri, self.storage_options).astype(np.uint32)
+        rgb = read_rgb(uri, storage=self.storage).astype(np.uint32)
         codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
         found, inverse = np.unique(codes, return_inverse=True)
         table = {(r << 16) | (g << 8) | b: obj_id for (r, g, b), obj_id in self.colors}
@@ -243,7 +242,7 @@ class ColorClassMaskFiles:
         uri = self.uris[index]
         if uri is None:
             raise DatasetError(f"frame {index} has no annotation")
-        return image_size(uri, self.storage_options)
+        return image_size(uri, storage=self.storage)
 
     def describe(self, index: int) -> str:
         return self.uris[index] or f"(no annotation for frame {index})"
@@ -254,13 +253,13 @@ _JSON_CACHE_SIZE = 2
 _JSON_LOCK = threading.Lock()
 
 
-def _masklet_json(uri: str, storage_options: StorageOptions) -> Any:
+def _masklet_json(uri: str, storage: Storage) -> Any:
     """Parsed masklet JSON; only the last couple stay parsed, so memory does not grow."""
     with _JSON_LOCK:
         if uri in _JSON_CACHE:
             _JSON_CACHE.move_to_end(uri)
             return _JSON_CACHE[uri]
-    data = read_json(uri, storage_options, "masklet JSON")
+    data = read_json(uri, "masklet JSON", storage=storage)
     with _JSON_LOCK:
         _JSON_CACHE[uri] = data
         while len(_JSON_CACHE) > _JSON_CACHE_SIZE:
@@ -276,7 +275,7 @@ class RleMasklets:
     uri: str
     masklet_index: tuple[int | None, ...]
     obj_ids: tuple[int, ...]
-    storage_options: StorageOptions = None
+    storage: Storage = field(kw_only=True, repr=False)
 
     def annotated(self, index: int) -> bool:
         return self.masklet_index[index] is not None
@@ -285,7 +284,7 @@ class RleMasklets:
         k = self.masklet_index[index]
         if k is None:
             raise DatasetError(f"frame {index} has no annotation")
-        data = _masklet_json(self.uri, self.storage_options)
+        data = _masklet_json(self.uri, storage=self.storage)
         rles = data["masklet"][k]
         if len(rles) != len(self.obj_ids):
             raise DatasetError(

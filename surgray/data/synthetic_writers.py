@@ -27,7 +27,7 @@ import numpy as np
 from surgray.data.synthetic import SyntheticClip, SyntheticClipConfig, generate_clip
 from surgray.io.encode import WrittenVideo, png_bytes, write_video
 from surgray.io.masks import davis_palette, encode_rle
-from surgray.io.storage import filesystem, is_local, local_path
+from surgray.io.storage import LOCAL, Storage
 
 Layout = Literal["ref-endovis", "davis", "sav", "mp4"]
 LAYOUTS: tuple[str, ...] = ("ref-endovis", "davis", "sav", "mp4")
@@ -39,18 +39,12 @@ def join_uri(*parts: str) -> str:
     return "/".join([head, *(p.strip("/") for p in parts[1:])])
 
 
-def put_bytes(uri: str, payload: bytes, storage_options: dict[str, Any] | None = None) -> None:
-    if is_local(uri):
-        path = local_path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(payload)
-        return
-    fs, remote = filesystem(uri, storage_options)
-    fs.pipe_file(remote, payload)
+def put_bytes(uri: str, payload: bytes, *, storage: Storage) -> None:
+    storage.write_bytes(uri, payload)
 
 
-def put_json(uri: str, payload: Any, storage_options: dict[str, Any] | None = None) -> None:
-    put_bytes(uri, json.dumps(payload, indent=1, sort_keys=False).encode(), storage_options)
+def put_json(uri: str, payload: Any, *, storage: Storage) -> None:
+    put_bytes(uri, json.dumps(payload, indent=1, sort_keys=False).encode(), storage=storage)
 
 
 def frame_name(index: int) -> str:
@@ -108,7 +102,7 @@ def write_clip_folder(
     video_id: str,
     *,
     image_format: Literal["png", "jpg"] = "png",
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
 ) -> None:
     """Frames, palette-PNG annotations and Meta/<video>.json under one split folder."""
     if image_format not in ("png", "jpg"):
@@ -120,13 +114,13 @@ def write_clip_folder(
         put_bytes(
             join_uri(split_root, "JPEGImages", video_id, f"{name}.{image_format}"),
             image,
-            storage_options,
+            storage=storage,
         )
         mask = png_bytes(clip.masks[t], palette=palette)
         put_bytes(
-            join_uri(split_root, "Annotations", video_id, f"{name}.png"), mask, storage_options
+            join_uri(split_root, "Annotations", video_id, f"{name}.png"), mask, storage=storage
         )
-    put_json(join_uri(split_root, "Meta", f"{video_id}.json"), clip_meta(clip), storage_options)
+    put_json(join_uri(split_root, "Meta", f"{video_id}.json"), clip_meta(clip), storage=storage)
 
 
 def write_clip_video(
@@ -135,12 +129,10 @@ def write_clip_video(
     *,
     codec: str = "libx264",
     crf: int = 18,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
 ) -> WrittenVideo:
     """Encode the clip's frames (masks are not in the video)."""
-    return write_video(
-        uri, iter(clip.frames), clip.fps, codec=codec, crf=crf, storage_options=storage_options
-    )
+    return write_video(uri, iter(clip.frames), clip.fps, codec=codec, crf=crf, storage=storage)
 
 
 def sav_annotation(
@@ -217,7 +209,7 @@ def make_synthetic_dataset(
     valid_fraction: float = 0.25,
     config: SyntheticClipConfig | None = None,
     vary: bool = True,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
 ) -> SyntheticDataset:
     """Write `num_videos` seeded clips under root/train and root/valid, one clip in memory at a
     time, plus root/synthetic_manifest.json. Same arguments -> byte-identical files."""
@@ -249,18 +241,16 @@ def make_synthetic_dataset(
                 split_root,
                 video_id,
                 image_format=image_format,
-                storage_options=storage_options,
+                storage=storage,
             )
             entries[split][video_id] = expressions_entry(clip)
         else:
-            write_clip_video(
-                clip, join_uri(split_root, f"{video_id}.mp4"), storage_options=storage_options
-            )
+            write_clip_video(clip, join_uri(split_root, f"{video_id}.mp4"), storage=storage)
             if layout == "sav":
                 put_json(
                     join_uri(split_root, f"{video_id}_manual.json"),
                     sav_annotation(clip, video_id, split),
-                    storage_options,
+                    storage=storage,
                 )
         written.append(
             WrittenClip(
@@ -278,7 +268,7 @@ def make_synthetic_dataset(
                 put_json(
                     join_uri(root, split, "meta_expressions.json"),
                     {"videos": videos},
-                    storage_options,
+                    storage=storage,
                 )
     manifest = {
         "layout": layout,
@@ -297,5 +287,5 @@ def make_synthetic_dataset(
             for v in written
         ],
     }
-    put_json(join_uri(root, "synthetic_manifest.json"), manifest, storage_options)
+    put_json(join_uri(root, "synthetic_manifest.json"), manifest, storage=storage)
     return SyntheticDataset(root=root, layout=layout, videos=written)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from surgray.io.errors import VideoError
-from surgray.io.storage import open_for_read
+from surgray.io.storage import Storage
 from surgray.io.video_types import Frame, FrameSelection, ReaderStats, VideoInfo
 
 # A container that knows its duration but not its frame count is called truncated when it
@@ -95,12 +95,12 @@ def _layout(container: Any, stream: Any, uri: str) -> _StreamLayout:
 
 
 def probe_container(
-    uri: str, storage_options: dict[str, Any] | None, block_size: int, count_exact: bool = False
+    uri: str, *, storage: Storage, block_size: int, count_exact: bool = False
 ) -> VideoInfo:
     """Header facts; with `count_exact`, count packets by demuxing (no decoding)."""
     import av
 
-    with open_for_read(uri, storage_options, block_size) as handle:
+    with storage.open_for_read(uri, block_size) as handle:
         container = _open_container(handle, uri)
         try:
             stream = _video_stream(container, uri)
@@ -182,15 +182,16 @@ def _check_complete(uri: str, seen: int, layout: _StreamLayout, selection: Frame
 
 def iter_container(
     uri: str,
-    storage_options: dict[str, Any] | None,
     selection: FrameSelection,
     resize_to: tuple[int, int] | None,
     block_size: int,
     stats: ReaderStats,
+    *,
+    storage: Storage,
 ) -> Iterator[Frame]:
     import av
 
-    with open_for_read(uri, storage_options, block_size) as handle:
+    with storage.open_for_read(uri, block_size) as handle:
         cache = getattr(handle, "cache", None)
         container = _open_container(handle, uri)
         try:

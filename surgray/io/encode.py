@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from surgray.io.errors import VideoError
-from surgray.io.storage import is_local, local_path, local_target
+from surgray.io.storage import LOCAL, Storage, is_local, local_path
 
 # Per-codec pixel format and how the quality knob maps onto encoder options.
 _CRF_CODECS = {"libx264", "libx265", "libvpx-vp9", "libsvtav1"}
@@ -95,7 +95,7 @@ def write_video(
     quality: int | None = None,
     pix_fmt: str | None = None,
     gop_size: int | None = None,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
 ) -> WrittenVideo:
     """Encode an iterable of HxWx3 uint8 RGB frames (streamed, never held in memory).
 
@@ -124,7 +124,7 @@ def write_video(
         container_options["movflags"] = "+faststart"
     count = 0
     size: tuple[int, int] | None = None
-    with local_target(uri, storage_options, suffix=os.path.splitext(uri)[1]) as target:
+    with storage.local_target(uri, suffix=os.path.splitext(uri)[1]) as target:
         output = av.open(str(target), "w", format=container_format, options=container_options)
         try:
             stream = output.add_stream(codec, rate=rate, options=_encoder_options(codec, crf))
@@ -201,7 +201,7 @@ def write_png(
     array: np.ndarray,
     palette: np.ndarray | None = None,
     *,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
 ) -> None:
     """Write `array` as a PNG (palette PNG when `palette` is given) with no metadata chunks."""
     uri = os.fspath(path_or_uri)
@@ -211,8 +211,6 @@ def write_png(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(payload)
         return
-    from surgray.io.storage import filesystem
-
-    fs, remote = filesystem(uri, storage_options)
+    fs, remote = storage.filesystem(uri)
     with fs.open(remote, "wb") as handle:
         handle.write(payload)

@@ -19,7 +19,7 @@ from surgray.io.errors import MaskFormatError
 from surgray.io.masks import encode_rle, masks_to_ids, rle_area, rle_bbox, write_index_png
 from surgray.io.overlay import write_contact_sheet, write_overlay_video
 from surgray.io.records import MaskRecord, by_frame, by_video, frame_size
-from surgray.io.storage import filesystem, is_local, local_path
+from surgray.io.storage import LOCAL, Storage
 
 __all__ = [
     "MaskRecord",
@@ -85,22 +85,11 @@ def _counts_text(record: MaskRecord) -> str:
     return encode_rle(record.mask()[None])[0]["counts"]
 
 
-def _write_bytes(uri: str, payload: bytes, storage_options: dict[str, Any] | None) -> None:
-    if is_local(uri):
-        path = local_path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(payload)
-        return
-    fs, remote = filesystem(uri, storage_options)
-    with fs.open(remote, "wb") as handle:
-        handle.write(payload)
-
-
 def write_parquet(
     uri: str | os.PathLike[str],
     records: Sequence[MaskRecord],
     *,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
 ) -> int:
     """Write `records` as one Parquet file; returns the row count."""
     import pyarrow as pa
@@ -109,18 +98,16 @@ def write_parquet(
     table = mask_table(records)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    _write_bytes(os.fspath(uri), sink.getvalue().to_pybytes(), storage_options)
+    storage.write_bytes(os.fspath(uri), sink.getvalue().to_pybytes())
     return table.num_rows
 
 
-def read_parquet(
-    uri: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
-) -> list[MaskRecord]:
+def read_parquet(uri: str | os.PathLike[str], *, storage: Storage = LOCAL) -> list[MaskRecord]:
     """Records back from a file written by `write_parquet`."""
     import pyarrow.parquet as pq
 
     text = os.fspath(uri)
-    fs, path = filesystem(text, storage_options)
+    fs, path = storage.filesystem(text)
     with fs.open(path, "rb") as handle:
         table = pq.read_table(handle)
     missing = set(_schema().names) - set(table.column_names)
@@ -144,7 +131,7 @@ def write_davis(
     records: Iterable[MaskRecord],
     *,
     frame_counts: dict[str, int] | None = None,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
 ) -> dict[str, int]:
     """DAVIS layout: `out_dir/<video_id>/<frame:05d>.png`, palette PNGs of object ids.
 
@@ -166,9 +153,7 @@ def write_davis(
                 ids = masks_to_ids(masks, [r.obj_id for r in present])
             else:
                 ids = np.zeros((height, width), np.uint8)
-            write_index_png(
-                f"{root}/{video_id}/{frame_idx:05d}.png", ids, storage_options=storage_options
-            )
+            write_index_png(f"{root}/{video_id}/{frame_idx:05d}.png", ids, storage=storage)
         written[video_id] = len(indexes)
     return written
 
@@ -244,10 +229,10 @@ def write_sav_json(
     *,
     fps: float,
     frame_count: int,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
 ) -> None:
     payload = sav_masklets(records, fps=fps, frame_count=frame_count)
-    _write_bytes(os.fspath(uri), json.dumps(payload).encode(), storage_options)
+    storage.write_bytes(os.fspath(uri), json.dumps(payload).encode())
 
 
 def coco_video(records: Iterable[MaskRecord], frame_counts: dict[str, int]) -> dict[str, Any]:
@@ -310,7 +295,7 @@ def write_coco_video_json(
     records: Iterable[MaskRecord],
     frame_counts: dict[str, int],
     *,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
 ) -> None:
     payload = coco_video(records, frame_counts)
-    _write_bytes(os.fspath(uri), json.dumps(payload).encode(), storage_options)
+    storage.write_bytes(os.fspath(uri), json.dumps(payload).encode())

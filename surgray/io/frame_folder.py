@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from surgray.io.errors import VideoError
-from surgray.io.storage import filesystem, is_local, local_path
+from surgray.io.storage import Storage, is_local, local_path
 from surgray.io.video_types import Frame, FrameSelection, VideoInfo
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -26,19 +26,19 @@ def natural_key(name: str) -> list[Any]:
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts")
 
 
-def is_frame_folder(uri: str, storage_options: dict[str, Any] | None) -> bool:
+def is_frame_folder(uri: str, *, storage: Storage) -> bool:
     if is_local(uri):
         return local_path(uri).is_dir()
     if uri.endswith("/"):
         return True
-    fs, path = filesystem(uri, storage_options)
+    fs, path = storage.filesystem(uri)
     if path.lower().endswith(VIDEO_SUFFIXES):
         return False
     return fs.isdir(path)
 
 
-def list_frame_files(uri: str, storage_options: dict[str, Any] | None) -> tuple[Any, list[str]]:
-    fs, path = filesystem(uri, storage_options)
+def list_frame_files(uri: str, *, storage: Storage) -> tuple[Any, list[str]]:
+    fs, path = storage.filesystem(uri)
     try:
         listing = fs.ls(path, detail=False)
     except FileNotFoundError as exc:
@@ -64,8 +64,8 @@ def _read_image(fs: Any, name: str, resize_to: tuple[int, int] | None) -> np.nda
     return rgb
 
 
-def probe_folder(uri: str, storage_options: dict[str, Any] | None, fps: float) -> VideoInfo:
-    fs, names = list_frame_files(uri, storage_options)
+def probe_folder(uri: str, fps: float, *, storage: Storage) -> VideoInfo:
+    fs, names = list_frame_files(uri, storage=storage)
     first = _read_image(fs, names[0], None)
     suffix = os.path.splitext(names[0])[1].lower()
     return VideoInfo(
@@ -83,12 +83,13 @@ def probe_folder(uri: str, storage_options: dict[str, Any] | None, fps: float) -
 
 def iter_folder(
     uri: str,
-    storage_options: dict[str, Any] | None,
     selection: FrameSelection,
     fps: float,
     resize_to: tuple[int, int] | None,
+    *,
+    storage: Storage,
 ) -> Iterator[Frame]:
-    fs, names = list_frame_files(uri, storage_options)
+    fs, names = list_frame_files(uri, storage=storage)
     size: tuple[int, int] | None = None
     for index, name in enumerate(names):
         if selection.past_end(index):

@@ -17,7 +17,7 @@ import numpy as np
 from surgray.io.encode import write_png
 from surgray.io.errors import MaskFormatError
 from surgray.io.rle_check import MaskTooLarge, check_rle, rle_size
-from surgray.io.storage import filesystem, is_local, local_path
+from surgray.io.storage import LOCAL, Storage, is_local, local_path
 
 # A mask of more pixels is refused before decoding (16384 x 16384; 4K video is 8.3 M pixels).
 MAX_DECODE_PIXELS = 1 << 28
@@ -164,25 +164,25 @@ def davis_palette() -> np.ndarray:
     return palette.astype(np.uint8)
 
 
-def _read_bytes(uri: str | os.PathLike[str], storage_options: dict[str, Any] | None) -> bytes:
+def _read_bytes(uri: str | os.PathLike[str], storage: Storage) -> bytes:
     text = os.fspath(uri)
     if is_local(text):
         path = local_path(text)
         if not path.is_file():
             raise MaskFormatError(f"{text}: file not found")
         return path.read_bytes()
-    fs, remote = filesystem(text, storage_options)
+    fs, remote = storage.filesystem(text)
     try:
         return fs.cat_file(remote)
     except FileNotFoundError as exc:
         raise MaskFormatError(f"{text}: file not found") from exc
 
 
-def _open_image(uri: str | os.PathLike[str], storage_options: dict[str, Any] | None) -> Any:
+def _open_image(uri: str | os.PathLike[str], storage: Storage) -> Any:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        image = Image.open(io.BytesIO(_read_bytes(uri, storage_options)))
+        image = Image.open(io.BytesIO(_read_bytes(uri, storage)))
         image.load()
     except (UnidentifiedImageError, OSError) as exc:
         raise MaskFormatError(f"{os.fspath(uri)}: not a readable image: {exc}") from exc
@@ -194,7 +194,7 @@ def write_index_png(
     ids: np.ndarray,
     palette: np.ndarray | None = None,
     *,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
 ) -> None:
     """Write a [H, W] map of object ids (0 = background, at most 255) as a palette PNG."""
     array = np.asarray(ids)
@@ -207,14 +207,12 @@ def write_index_png(
             f"palette PNG ids must be in 0..255, got {array.min()}..{array.max()}"
         )
     colours = davis_palette() if palette is None else palette
-    write_png(uri, array.astype(np.uint8), palette=colours, storage_options=storage_options)
+    write_png(uri, array.astype(np.uint8), palette=colours, storage=storage)
 
 
-def read_index_png(
-    uri: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
-) -> np.ndarray:
+def read_index_png(uri: str | os.PathLike[str], *, storage: Storage = LOCAL) -> np.ndarray:
     """Object ids [H, W] uint8 of a palette (or greyscale) PNG; the palette itself is ignored."""
-    image = _open_image(uri, storage_options)
+    image = _open_image(uri, storage)
     if image.mode not in ("P", "L"):
         raise MaskFormatError(
             f"{os.fspath(uri)}: expected a palette or greyscale id PNG, got mode {image.mode}"
@@ -226,23 +224,23 @@ def write_binary_png(
     uri: str | os.PathLike[str],
     mask: np.ndarray,
     *,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
 ) -> None:
     """Write a [H, W] bool mask as a greyscale PNG with 0 and 255."""
     array = np.asarray(mask)
     if array.dtype != bool or array.ndim != 2:
         raise MaskFormatError(f"a binary mask must be [H, W] bool, got {array.dtype} {array.shape}")
-    write_png(uri, array.astype(np.uint8) * 255, storage_options=storage_options)
+    write_png(uri, array.astype(np.uint8) * 255, storage=storage)
 
 
 def read_binary_png(
     uri: str | os.PathLike[str],
     *,
     threshold: int = 128,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
 ) -> np.ndarray:
     """[H, W] bool: grey value >= threshold; for palette PNGs, any non-zero index."""
-    image = _open_image(uri, storage_options)
+    image = _open_image(uri, storage)
     if image.mode == "P":
         return np.array(image) > 0
     return np.array(image.convert("L")) >= threshold

@@ -6,7 +6,6 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -15,6 +14,7 @@ from surgray.io.errors import MaskFormatError
 from surgray.io.label_layout import Box, place_labels
 from surgray.io.masks import davis_palette
 from surgray.io.records import MaskRecord, by_frame, by_video
+from surgray.io.storage import LOCAL, Storage
 from surgray.io.video_types import Frame
 
 
@@ -198,7 +198,7 @@ def write_overlay_video(
     alpha: float = 0.5,
     codec: str = "libx264",
     crf: int | None = 23,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
 ) -> WrittenVideo:
     """Stream `frames` (e.g. a VideoReader) with their records drawn on, into an MP4."""
     per_frame = _one_video(records)
@@ -208,7 +208,7 @@ def write_overlay_video(
         fps,
         codec=codec,
         crf=crf,
-        storage_options=storage_options,
+        storage=storage,
     )
 
 
@@ -246,7 +246,7 @@ def write_contact_sheet(
     tile_width: int = 256,
     max_tiles: int = 16,
     alpha: float = 0.5,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
 ) -> tuple[int, int]:
     """A PNG grid of overlaid frames, captioned with their index; returns (height, width).
 
@@ -262,5 +262,5 @@ def write_contact_sheet(
         if len(tiles) == max_tiles:
             break
     sheet = contact_sheet(tiles, captions, columns=columns, tile_width=tile_width)
-    write_png(uri, sheet, storage_options=storage_options)
+    write_png(uri, sheet, storage=storage)
     return sheet.shape[0], sheet.shape[1]

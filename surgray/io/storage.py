@@ -41,10 +41,7 @@ def local_path(uri: str | os.PathLike[str]) -> Path:
     return Path(rest)
 
 
-def filesystem(
-    uri: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
-) -> tuple[Any, str]:
-    """Return (fsspec filesystem, path inside it), or a VideoError for unknown schemes."""
+def _filesystem(uri: str | os.PathLike[str], options: Mapping[str, Any]) -> tuple[Any, str]:
     import fsspec
     from fsspec.registry import known_implementations, registry
 
@@ -53,7 +50,7 @@ def filesystem(
     if scheme != "file" and scheme not in known_implementations and scheme not in registry:
         raise VideoError(f"{text}: unknown URI scheme {scheme!r} (no fsspec implementation)")
     try:
-        fs, path = fsspec.core.url_to_fs(text, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(text, **dict(options))
     except ImportError as exc:
         raise VideoError(
             f"{text}: the {scheme!r} filesystem needs a missing package: {exc}"
@@ -61,66 +58,6 @@ def filesystem(
     except (TypeError, ValueError) as exc:
         raise VideoError(f"{text}: cannot open filesystem for {scheme!r}: {exc}") from exc
     return fs, path
-
-
-@contextmanager
-def open_for_read(
-    uri: str | os.PathLike[str],
-    storage_options: dict[str, Any] | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-) -> Iterator[IO[bytes]]:
-    """A seekable binary file object; remote objects are read lazily in `block_size` blocks."""
-    text = os.fspath(uri)
-    if is_local(text):
-        path = local_path(text)
-        if not path.exists():
-            raise VideoError(f"{text}: file not found")
-        with open(path, "rb") as handle:
-            yield handle
-        return
-    fs, path = filesystem(text, storage_options)
-    try:
-        handle = fs.open(path, "rb", block_size=block_size, cache_type="readahead")
-    except FileNotFoundError as exc:
-        raise VideoError(f"{text}: file not found") from exc
-    except OSError as exc:
-        raise VideoError(f"{text}: cannot open: {exc}") from exc
-    try:
-        yield handle
-    finally:
-        handle.close()
-
-
-@contextmanager
-def local_target(
-    uri: str | os.PathLike[str],
-    storage_options: dict[str, Any] | None = None,
-    suffix: str = "",
-) -> Iterator[Path]:
-    """A local path to write to, moved into place (or uploaded) only when the block succeeds.
-
-    Writers such as the MP4 muxer with faststart must seek back and rewrite their output, which
-    object stores cannot do, hence the local staging file. A failed write leaves nothing behind.
-    """
-    text = os.fspath(uri)
-    if is_local(text):
-        path = local_path(text)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial{suffix}")
-        try:
-            yield partial
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
-        return
-    fs, remote = filesystem(text, storage_options)
-    staging = Path(tempfile.mkdtemp(prefix="surgray-io-"))
-    try:
-        tmp = staging / f"out{suffix}"
-        yield tmp
-        fs.put_file(str(tmp), remote)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -136,17 +73,99 @@ class Storage:
 
     def filesystem(self, uri: str | os.PathLike[str]) -> tuple[Any, str]:
         """(fsspec filesystem, path inside it); a VideoError for an unknown scheme."""
-        return filesystem(uri, dict(self.options))
+        return _filesystem(uri, self.options)
 
+    @contextmanager
     def open_for_read(
         self, uri: str | os.PathLike[str], block_size: int = DEFAULT_BLOCK_SIZE
-    ) -> Any:
-        """A context manager yielding a seekable binary file; see `open_for_read`."""
-        return open_for_read(uri, dict(self.options), block_size)
+    ) -> Iterator[IO[bytes]]:
+        """A seekable binary file; remote objects are read lazily in `block_size` blocks."""
+        text = os.fspath(uri)
+        if is_local(text):
+            path = local_path(text)
+            if not path.exists():
+                raise VideoError(f"{text}: file not found")
+            with open(path, "rb") as handle:
+                yield handle
+            return
+        fs, path = self.filesystem(text)
+        try:
+            handle = fs.open(path, "rb", block_size=block_size, cache_type="readahead")
+        except FileNotFoundError as exc:
+            raise VideoError(f"{text}: file not found") from exc
+        except OSError as exc:
+            raise VideoError(f"{text}: cannot open: {exc}") from exc
+        try:
+            yield handle
+        finally:
+            handle.close()
 
-    def local_target(self, uri: str | os.PathLike[str], suffix: str = "") -> Any:
-        """A context manager yielding a local path moved or uploaded to `uri` on success."""
-        return local_target(uri, dict(self.options), suffix)
+    @contextmanager
+    def local_target(self, uri: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+        """A local path to write to, moved into place (or uploaded) only when the block succeeds.
+
+        Writers such as the MP4 muxer with faststart must seek back and rewrite their output,
+        which object stores cannot do, hence the local staging file. A failed write leaves
+        nothing behind.
+        """
+        text = os.fspath(uri)
+        if is_local(text):
+            path = local_path(text)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.partial{suffix}")
+            try:
+                yield partial
+                os.replace(partial, path)
+            finally:
+                partial.unlink(missing_ok=True)
+            return
+        fs, remote = self.filesystem(text)
+        staging = Path(tempfile.mkdtemp(prefix="surgray-io-"))
+        try:
+            tmp = staging / f"out{suffix}"
+            yield tmp
+            fs.put_file(str(tmp), remote)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def open(self, uri: str | os.PathLike[str], mode: str = "rb") -> Any:
+        """An fsspec `OpenFile` (a context manager) for `uri`; writing creates parent folders
+        of local paths, which object stores do not need."""
+        import fsspec
+
+        text = os.fspath(uri)
+        if is_local(text):
+            if "r" not in mode:
+                local_path(text).parent.mkdir(parents=True, exist_ok=True)
+            return fsspec.open(str(local_path(text)), mode)
+        return fsspec.open(text, mode, **dict(self.options))
+
+    def exists(self, uri: str | os.PathLike[str]) -> bool:
+        """Whether a file or folder is at `uri` (object-store prefixes count as folders)."""
+        text = os.fspath(uri)
+        if is_local(text):
+            return local_path(text).exists()
+        fs, path = self.filesystem(text)
+        return bool(fs.exists(path))
+
+    def read_bytes(self, uri: str | os.PathLike[str]) -> bytes:
+        """The whole object; FileNotFoundError when there is none."""
+        text = os.fspath(uri)
+        if is_local(text):
+            return local_path(text).read_bytes()
+        fs, path = self.filesystem(text)
+        return bytes(fs.cat_file(path))
+
+    def write_bytes(self, uri: str | os.PathLike[str], payload: bytes) -> None:
+        """Write `payload` to `uri`, creating parent folders of local paths."""
+        text = os.fspath(uri)
+        if is_local(text):
+            path = local_path(text)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(payload)
+            return
+        fs, path = self.filesystem(text)
+        fs.pipe_file(path, payload)
 
 
 LOCAL = Storage()

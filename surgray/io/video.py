@@ -13,12 +13,11 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from surgray.io.container_decode import iter_container, probe_container
 from surgray.io.errors import VideoError
 from surgray.io.frame_folder import is_frame_folder, iter_folder, probe_folder
-from surgray.io.storage import DEFAULT_BLOCK_SIZE
+from surgray.io.storage import DEFAULT_BLOCK_SIZE, LOCAL, Storage
 from surgray.io.video_types import Frame, FrameSelection, ReaderStats, VideoInfo
 
 __all__ = ["Frame", "ReaderStats", "VideoError", "VideoInfo", "VideoReader", "probe"]
@@ -29,8 +28,8 @@ _POLL_SECONDS = 0.05
 
 def probe(
     uri: str | os.PathLike[str],
-    storage_options: dict[str, Any] | None = None,
     *,
+    storage: Storage = LOCAL,
     count_exact: bool = False,
     folder_fps: float = DEFAULT_FOLDER_FPS,
     block_size: int = DEFAULT_BLOCK_SIZE,
@@ -42,9 +41,9 @@ def probe(
     for a demux pass over the whole file.
     """
     text = os.fspath(uri)
-    if is_frame_folder(text, storage_options):
-        return probe_folder(text, storage_options, folder_fps)
-    return probe_container(text, storage_options, block_size, count_exact)
+    if is_frame_folder(text, storage=storage):
+        return probe_folder(text, folder_fps, storage=storage)
+    return probe_container(text, storage=storage, block_size=block_size, count_exact=count_exact)
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ class VideoReader:
         self,
         uri: str | os.PathLike[str],
         *,
-        storage_options: dict[str, Any] | None = None,
+        storage: Storage = LOCAL,
         stride: int = 1,
         target_fps: float | None = None,
         start_frame: int = 0,
@@ -174,7 +173,7 @@ class VideoReader:
             raise ValueError(f"bad frame range [{start_frame}, {end_frame})")
         if (start_time or 0.0) < 0 or (end_time is not None and end_time < (start_time or 0.0)):
             raise ValueError(f"bad time range [{start_time}, {end_time})")
-        self.storage_options = storage_options
+        self.storage = storage
         self.stride = stride
         self.target_fps = target_fps
         self.start_frame = start_frame
@@ -195,7 +194,7 @@ class VideoReader:
         if self._info is None:
             self._info = probe(
                 self.uri,
-                self.storage_options,
+                storage=self.storage,
                 folder_fps=self.folder_fps,
                 block_size=self.block_size,
             )
@@ -203,7 +202,7 @@ class VideoReader:
 
     def _is_folder(self) -> bool:
         if self._folder is None:
-            self._folder = is_frame_folder(self.uri, self.storage_options)
+            self._folder = is_frame_folder(self.uri, storage=self.storage)
         return self._folder
 
     def _selection(self, fps: float) -> FrameSelection:
@@ -219,12 +218,17 @@ class VideoReader:
         if self._is_folder():
             selection = self._selection(self.folder_fps)
             return iter_folder(
-                self.uri, self.storage_options, selection, self.folder_fps, self.resize_to
+                self.uri, selection, self.folder_fps, self.resize_to, storage=self.storage
             )
         needs_fps = self.start_time is not None or self.end_time is not None
         selection = self._selection(self.info.fps if needs_fps else 1.0)
         return iter_container(
-            self.uri, self.storage_options, selection, self.resize_to, self.block_size, self.stats
+            self.uri,
+            selection,
+            self.resize_to,
+            self.block_size,
+            self.stats,
+            storage=self.storage,
         )
 
     def __iter__(self) -> Iterator[Frame]:

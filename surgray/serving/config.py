@@ -28,6 +28,7 @@ from pydantic import (
 
 from surgray.config import load_yaml_mapping, validate_config
 from surgray.errors import UserError
+from surgray.io.storage_config import StorageConfig
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -133,7 +134,7 @@ class ReviewSource(_Section):
     uri: str = Field(min_length=1)  # local absolute path or object-store URI
     description: str = ""
     writable: bool = True
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage: StorageConfig = Field(default_factory=StorageConfig)  # the store `uri` is in
 
     @field_validator("uri")
     @classmethod
@@ -170,6 +171,7 @@ class ServeConfig(_Section):
     http: HttpConfig = Field(default_factory=HttpConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)  # the model's checkpoint store
 
     def model_registry(self) -> dict[str, ServedModel]:
         """Model name -> entry; the only way a request chooses a model."""

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from surgray.io.storage import LOCAL, Storage
 from surgray.serving.config import ServedModel
 from surgray.serving.schemas import ModelInfo
 
@@ -97,9 +98,7 @@ def _has_text_source(referring: Any) -> bool:
     return referring.text_tower is not None or referring.text_encoder is not None
 
 
-def _build(
-    served: ServedModel, seed: int | None, storage_options: dict[str, Any] | None
-) -> tuple[Any, bool]:
+def _build(served: ServedModel, seed: int | None, *, storage: Storage) -> tuple[Any, bool]:
     """(model on the CPU, whether it is a ReSurgSAM2), weights from the checkpoint or seed."""
     import torch
 
@@ -115,7 +114,7 @@ def _build(
             variant,
             image_size=served.image_size,
             text_encoder=served.text_encoder,
-            storage_options=storage_options,
+            storage=storage,
         )
         referring = isinstance(model, ReSurgSAM2)
         if served.text_encoder is not None and not referring:
@@ -148,7 +147,7 @@ def load_served_model(
     served: ServedModel,
     *,
     device: str | None = None,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
 ) -> LoadedModel:
     """Build the model (checkpoint or seeded random weights) and a `Tracker` over it."""
     import torch
@@ -159,13 +158,13 @@ def load_served_model(
     chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     seed = random_weights_seed(served.checkpoint)
     try:
-        model, referring = _build(served, seed, storage_options)
+        model, referring = _build(served, seed, storage=storage)
         model = model.to(chosen).eval()
     except (CheckpointError, KeyError, ValueError) as exc:
         raise ModelLoadError(f"model {served.name!r}: {exc}") from exc
     if referring:
         try:
-            model.load_text_encoder(storage_options)
+            model.load_text_encoder(storage=storage)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(
                 f"model {served.name!r}: text encoder {model.referring_cfg.text_encoder}: {exc}"

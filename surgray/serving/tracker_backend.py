@@ -97,7 +97,7 @@ class TrackerBackend:
 
     @classmethod
     def from_config(cls, config: ServeConfig, *, device: str | None = None) -> TrackerBackend:
-        loaded = load_served_model(config.model, device=device)
+        loaded = load_served_model(config.model, device=device, storage=config.storage.build())
         return cls(
             loaded,
             max_batch_size=config.batching.max_batch_size,

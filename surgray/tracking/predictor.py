@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from surgray.io.storage import LOCAL, Storage
 from surgray.model.sam2.heads import NO_OBJECT_LOGIT
 from surgray.model.sam2.network import SAM2Model
 from surgray.tracking.results import FrameResult
@@ -72,7 +73,7 @@ class PredictorState:
     """What `init_state` returns: the video, the tracker state and RLE results per frame."""
 
     uri: str
-    storage_options: dict[str, Any] | None
+    storage: Storage
     num_frames: int
     video_height: int
     video_width: int
@@ -114,18 +115,16 @@ class VideoPredictor:
         offload_video_to_cpu: bool = False,
         offload_state_to_cpu: bool = False,
         async_loading_frames: bool = False,
-        storage_options: dict[str, Any] | None = None,
+        storage: Storage = LOCAL,
     ) -> PredictorState:
         from surgray.io.video import probe
 
         uri = os.fspath(video_path)
-        info = probe(uri, storage_options, count_exact=True)
+        info = probe(uri, storage=storage, count_exact=True)
         if info.frame_count < 1:
             raise ValueError(f"{uri}: the video has no frames")
         video = self.tracker.start(uri, (info.height, info.width), num_frames=info.frame_count)
-        return PredictorState(
-            uri, storage_options, info.frame_count, info.height, info.width, video
-        )
+        return PredictorState(uri, storage, info.frame_count, info.height, info.width, video)
 
     def reset_state(self, state: PredictorState) -> None:
         self.tracker.reset(state.video)
@@ -301,7 +300,7 @@ class VideoPredictor:
 
         def read(lo: int, hi: int) -> Iterator[np.ndarray]:
             with VideoReader(
-                state.uri, storage_options=state.storage_options, start_frame=lo, end_frame=hi + 1
+                state.uri, storage=state.storage, start_frame=lo, end_frame=hi + 1
             ) as reader:
                 for frame in reader:
                     yield frame.image

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from surgray.errors import UserError
+from surgray.io.storage import LOCAL, Storage
 from surgray.model.checkpoints.sam2_checkpoint import (
     build_model,
     load_checkpoint,
@@ -70,11 +71,12 @@ def build_training_model(config: TrainConfig) -> SAM2Model:
     `referring.text_encoder` is loaded (frozen, never saved).
     """
     section = config.model
+    storage = config.storage.build()
     if section.referring is None:
         model = SAM2Model(model_config(section))
         if section.init_checkpoint is not None:
             load_checkpoint(
-                model, section.init_checkpoint, section.storage_options, section.init_from or None
+                model, section.init_checkpoint, section.init_from or None, storage=storage
             )
         return model
     from surgray.model.checkpoints.referring_checkpoint import load_referring_checkpoint
@@ -83,10 +85,10 @@ def build_training_model(config: TrainConfig) -> SAM2Model:
     model = ReSurgSAM2(model_config(section), section.referring)
     if section.init_checkpoint is not None:
         load_referring_checkpoint(
-            model, section.init_checkpoint, section.storage_options, section.init_from or None
+            model, section.init_checkpoint, section.init_from or None, storage=storage
         )
     if section.referring.text_encoder is not None:
-        model.load_text_encoder(section.storage_options)
+        model.load_text_encoder(storage=storage)
     return model
 
 
@@ -156,18 +158,14 @@ def restore(directory: str | Path, model: SAM2Model) -> TrainingState:
     return state
 
 
-def fetch_checkpoint_dir(
-    uri: str, storage_options: dict[str, Any] | None = None, target: str | None = None
-) -> Path:
+def fetch_checkpoint_dir(uri: str, target: str | None = None, *, storage: Storage) -> Path:
     """A local copy of a checkpoint folder given by path or URI (`checkpoint.resume_from`)."""
     if "://" not in uri or uri.startswith("file://"):
         path = Path(uri[len("file://") :] if uri.startswith("file://") else uri)
         if not path.is_dir():
             raise ResumeError(f"checkpoint.resume_from {uri}: folder not found")
         return path
-    import fsspec
-
-    fs, remote = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs, remote = storage.filesystem(uri)
     try:
         names = [os.path.basename(p.rstrip("/")) for p in fs.ls(remote, detail=False)]
     except FileNotFoundError:
@@ -184,7 +182,7 @@ def fetch_checkpoint_dir(
 def load_trained_model(
     checkpoint: str | Path,
     device: torch.device | str = "cpu",
-    storage_options=None,
+    storage: Storage = LOCAL,
     load_text_encoder: bool = True,
 ) -> SAM2Model:
     """The model of a training checkpoint (a folder or its model.pt), built from the config
@@ -198,7 +196,7 @@ def load_trained_model(
     path = str(checkpoint)
     if os.path.isdir(path):
         path = os.path.join(path, MODEL_FILE)
-    _, metadata = read_state_dict(path, storage_options)
+    _, metadata = read_state_dict(path, storage=storage)
     if not metadata or "config" not in metadata:
         raise ResumeError(f"{path}: no model config in the checkpoint metadata")
     cfg = ModelConfig.model_validate_json(metadata["config"])
@@ -207,7 +205,7 @@ def load_trained_model(
             cfg,
             checkpoint=path,
             device=device,
-            storage_options=storage_options,
+            storage=storage,
             load_text_encoder=load_text_encoder,
         )
-    return build_model(cfg, path, device=device, storage_options=storage_options)
+    return build_model(cfg, path, device=device, storage=storage)

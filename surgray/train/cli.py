@@ -16,6 +16,8 @@ import argparse
 import sys
 from typing import Any
 
+from surgray.io.storage import Storage
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="training config YAML")
@@ -86,17 +88,14 @@ def load_config(path: str, overrides: list[str]):
     return parse_train_config(apply_overrides(data, overrides), source=path)
 
 
-def export_model(checkpoint, destination: str, storage_options=None) -> None:
+def export_model(checkpoint, destination: str, *, storage: Storage) -> None:
     """Copy `model.pt` of a Ray checkpoint to a path or URI."""
-    import fsspec
-
     from surgray.train.checkpoints import MODEL_FILE
 
     with checkpoint.as_directory() as folder:
         with open(f"{folder}/{MODEL_FILE}", "rb") as source:
             payload = source.read()
-    with fsspec.open(destination, "wb", **(storage_options or {})) as handle:
-        handle.write(payload)
+    storage.write_bytes(destination, payload)
 
 
 ROW_NAMES = {
@@ -116,8 +115,9 @@ def evaluate_checkpoint(args: argparse.Namespace, config) -> int:
     from surgray.train.validation import compare_with_baselines
 
     started = time.monotonic()
-    model = load_trained_model(args.evaluate)
-    videos = open_videos(config.data, args.eval_split)
+    storage = config.storage.build()
+    model = load_trained_model(args.evaluate, storage=storage)
+    videos = open_videos(config.data, args.eval_split, storage=storage)
     results = compare_with_baselines(videos, model, args.eval_videos, args.eval_frames)
     for name, result in results.items():
         skipped = f", {result.skipped_objects} without text" if result.skipped_objects else ""
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"surgray train: done; final metrics {outcome.metrics}", flush=True)
     print(f"surgray train: latest checkpoint {outcome.checkpoint_path}", flush=True)
     if args.export and result.checkpoint is not None:
-        export_model(result.checkpoint, args.export, config.checkpoint.storage_options)
+        export_model(result.checkpoint, args.export, storage=config.storage.build())
         print(f"surgray train: model exported to {args.export}", flush=True)
     return 0
 

@@ -23,6 +23,7 @@ import torch
 
 from surgray.data.files import DatasetError
 from surgray.data.sample import VideoDataset, VideoSample
+from surgray.io.storage import Storage
 from surgray.train.config import DataSection, SyntheticSourceSection
 from surgray.train.samplers import ClipKind, ClipSpec, choose_objects
 
@@ -193,29 +194,28 @@ def synthetic_videos(section: SyntheticSourceSection, split: str) -> list[Synthe
     return videos
 
 
-def open_dataset(section: DataSection, split: str) -> VideoDataset:
+def open_dataset(section: DataSection, split: str, *, storage: Storage) -> VideoDataset:
     """The dataset reader of a split (not for synthetic data)."""
-    options = section.storage_options
     if section.source == "sasv":
         from surgray.data.sasv import open_sasv
 
-        return open_sasv(section.root, split, storage_options=options)
+        return open_sasv(section.root, split, storage=storage)
     if section.source == "ref_endovis":
         from surgray.data.ref_endovis import RefEndoVisDataset
 
-        return RefEndoVisDataset(section.root, split, storage_options=options)
+        return RefEndoVisDataset(section.root, split, storage=storage)
     if section.source == "davis":
         from surgray.data.davis import DavisDataset
 
-        return DavisDataset(section.root, split, storage_options=options)
+        return DavisDataset(section.root, split, storage=storage)
     raise ValueError(f"no dataset reader for source {section.source!r}")
 
 
-def open_videos(section: DataSection, split: str) -> list[TrainVideo]:
+def open_videos(section: DataSection, split: str, *, storage: Storage) -> list[TrainVideo]:
     """Every video of a split, reduced to its annotated frames; errors name the split."""
     if section.source == "synthetic":
         return list(synthetic_videos(section.synthetic, split))
-    dataset = open_dataset(section, split)
+    dataset = open_dataset(section, split, storage=storage)
     if len(dataset) == 0:
         raise DatasetError(f"{section.root} split {split!r}: no videos (empty split)")
     return [SampleVideo(sample) for sample in dataset]

@@ -13,6 +13,7 @@ One YAML file (see `configs/train_*.yaml`) maps onto these sections:
     checkpoint   where checkpoints go, how many are kept, what to resume from
     failure      how many worker failures to recover from
     validation   J&F on a held-out split
+    storage      the object store of every URI above (`surgray.io.storage_config.StorageConfig`)
 
 Unknown keys anywhere are errors; `from_yaml` and `parse_train_config` report every problem as
 `section.key: message` so a typo names itself.
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from surgray.config import validate_config
 from surgray.errors import UserError
+from surgray.io.storage_config import StorageConfig
 from surgray.model.referring.config import ReferringConfig
 from surgray.train.losses import LossConfig
 from surgray.train.optim import OptimConfig
@@ -53,7 +55,6 @@ class ModelSection(_Section):
     # Module prefixes that may be missing from `init_checkpoint` (new modules, e.g.
     # "long_term_tpos_enc"); they keep their fresh initialisation.
     init_from: tuple[str, ...] = ()
-    storage_options: dict[str, Any] | None = None
     # ReSurgSAM2 (text referring head, SAM2S semantic head): the network is a `ReSurgSAM2`,
     # and `init_checkpoint` may be a plain SAM2 one with the new modules named in `init_from`.
     referring: ReferringConfig | None = None
@@ -93,7 +94,6 @@ class SyntheticSourceSection(_Section):
 class DataSection(_Section):
     source: SourceKind = "synthetic"
     root: str | None = None  # dataset folder or URI (all kinds but synthetic)
-    storage_options: dict[str, Any] | None = None
     train_split: str = "train"
     valid_split: str | None = "valid"
     synthetic: SyntheticSourceSection = SyntheticSourceSection()
@@ -181,7 +181,6 @@ class CheckpointSection(_Section):
     storage_path: str = "./runs"  # local folder or s3://bucket/prefix
     name: str = "surgray-train"
     keep: int = Field(2, ge=1)
-    storage_options: dict[str, Any] | None = None
     resume_from: str | None = None  # a checkpoint folder (local or URI) to start from
     # Local file where every worker appends {pid, rank, epoch, step} lines (for monitoring
     # and the fault-tolerance test); None: not written.
@@ -215,6 +214,7 @@ class TrainConfig(_Section):
     checkpoint: CheckpointSection = CheckpointSection()
     failure: FailureSection = FailureSection()
     validation: ValidationSection = ValidationSection()
+    storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
     def _validation_split(self) -> TrainConfig:

@@ -110,7 +110,7 @@ class WorkerLoop:
                 from surgray.train.checkpoints import fetch_checkpoint_dir
 
                 folder = fetch_checkpoint_dir(
-                    config.checkpoint.resume_from, config.checkpoint.storage_options
+                    config.checkpoint.resume_from, storage=config.storage.build()
                 )
                 self.state = restore(folder, self.model)
         # On the device before the optimizer exists, so restored moments land there too.
@@ -123,7 +123,9 @@ class WorkerLoop:
                 self.model, config.prompts, SAM2Loss(config.loss), referring_stage_for(self.model)
             )
         )
-        self.videos: list[TrainVideo] = open_videos(config.data, config.data.train_split)
+        self.videos: list[TrainVideo] = open_videos(
+            config.data, config.data.train_split, storage=config.storage.build()
+        )
         self.sampler = ClipSampler(
             [v.num_frames for v in self.videos], config.sampling, config.data.image_fraction
         )
@@ -318,7 +320,9 @@ class WorkerLoop:
         from surgray.train.validation import can_refer, validate
 
         if self.valid_videos is None:
-            self.valid_videos = open_videos(self.config.data, self.config.validation_split)
+            self.valid_videos = open_videos(
+                self.config.data, self.config.validation_split, storage=self.config.storage.build()
+            )
         section = self.config.validation
         say = lambda text: show(f"[surgray train] validation {text}")  # noqa: E731
         result = validate(

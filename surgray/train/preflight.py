@@ -13,9 +13,9 @@ epoch 3: every problem found is listed in one `PreflightError`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from surgray.errors import UserError
+from surgray.io.storage import Storage
 from surgray.train.config import TrainConfig
 
 
@@ -31,7 +31,7 @@ class PreflightReport:
     problems: list[str] = field(default_factory=list)
 
 
-def check_storage(uri: str, storage_options: dict[str, Any] | None, what: str) -> None:
+def check_storage(uri: str, what: str, *, storage: Storage) -> None:
     """Write and remove a probe file under `uri` (a folder, created if needed)."""
     import uuid
 
@@ -46,9 +46,7 @@ def check_storage(uri: str, storage_options: dict[str, Any] | None, what: str) -
             probe.write_bytes(b"ok")
             probe.unlink()
             return
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        fs, path = storage.filesystem(uri)
         probe = f"{path.rstrip('/')}/{probe_name}"
         fs.pipe_file(probe, b"ok")
         fs.rm_file(probe)
@@ -63,7 +61,7 @@ def _check_split(config: TrainConfig, split: str, report: PreflightReport, role:
     from surgray.train.clip_data import SampleVideo, open_videos
 
     try:
-        videos = open_videos(config.data, split)
+        videos = open_videos(config.data, split, storage=config.storage.build())
     except (DatasetError, ValueError, OSError) as exc:
         report.problems.append(f"{role} split {split!r}: {exc}")
         return []
@@ -113,13 +111,14 @@ def preflight(config: TrainConfig) -> PreflightReport:
         )
 
     section = config.checkpoint
+    storage = config.storage.build()
     try:
-        check_storage(section.storage_path, section.storage_options, "checkpoint.storage_path")
+        check_storage(section.storage_path, "checkpoint.storage_path", storage=storage)
     except PreflightError as exc:
         report.problems.append(str(exc))
     if section.resume_from is not None:
         try:
-            read_training_state(fetch_checkpoint_dir(section.resume_from, section.storage_options))
+            read_training_state(fetch_checkpoint_dir(section.resume_from, storage=storage))
         except Exception as exc:
             report.problems.append(f"checkpoint.resume_from: {exc}")
     if report.problems:

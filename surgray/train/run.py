@@ -5,7 +5,7 @@
 Checks come first (`preflight`), then Ray: the current Ray connection if there is one, else
 `ray.init(address=scaling.address)` (None starts a local cluster; under `ray job submit` it
 joins the job's cluster). Checkpoints go to `checkpoint.storage_path` (a local folder or an
-object-store URI; with `checkpoint.storage_options`, e.g. a custom S3 endpoint, the fsspec
+object-store URI; with a `storage:` section, e.g. a custom S3 endpoint, the fsspec
 filesystem is handed to Ray through pyarrow). Ray Train resumes a run whose name already has
 checkpoints under the storage path, and restarts failed workers up to `failure.max_failures`
 times from the latest checkpoint.
@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from surgray.io.storage import Storage
 from surgray.train.config import TrainConfig
 from surgray.train.preflight import PreflightReport, preflight
 from surgray.train.ray_worker import train_loop_per_worker
@@ -37,17 +38,16 @@ class TrainOutcome:
         return dict(self.result.metrics or {})
 
 
-def ray_storage(uri: str, storage_options: dict[str, Any] | None = None):
+def ray_storage(uri: str, *, storage: Storage):
     """(storage_path, storage_filesystem) for Ray's `RunConfig`."""
     if "://" not in uri or uri.startswith("file://"):
         local = uri[len("file://") :] if uri.startswith("file://") else uri
         return os.path.abspath(os.path.expanduser(local)), None
-    if not storage_options:
+    if not storage.options:
         return uri, None
-    import fsspec
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
+    fs, path = storage.filesystem(uri)
     return path, PyFileSystem(FSSpecHandler(fs))
 
 
@@ -65,7 +65,7 @@ def build_trainer(config: TrainConfig):
 
     scaling = config.scaling
     storage_path, filesystem = ray_storage(
-        config.checkpoint.storage_path, config.checkpoint.storage_options
+        config.checkpoint.storage_path, storage=config.storage.build()
     )
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from surgray.io.storage import LOCAL, Storage
 from surgray.model.checkpoints.sam2_checkpoint import (
     CheckpointError,
     check_state_dict,
@@ -93,7 +94,7 @@ def load_network(
     *,
     image_size: int | None = None,
     text_encoder: str | None = None,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
 ) -> SAM2Model:
     """The checkpoint's network with its weights loaded strictly, on the CPU, in train mode
     (call `.eval()`): a `ReSurgSAM2` when the checkpoint is a referring one, its text encoder
@@ -110,7 +111,7 @@ def load_network(
     from surgray.model.sam2.network import SAM2Model
 
     text = os.fspath(source)
-    state_dict, metadata = read_state_dict(text, storage_options)
+    state_dict, metadata = read_state_dict(text, storage=storage)
     cfg = stored_or_variant_config(variant, metadata, image_size)
     if is_referring_checkpoint(state_dict, metadata):
         if released_without_config(state_dict, metadata):

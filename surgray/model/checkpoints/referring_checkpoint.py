@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from surgray.io.storage import LOCAL, Storage
 from surgray.model.checkpoints.resurgsam2_released import resurgsam2_released
 from surgray.model.checkpoints.sam2_checkpoint import (
     CheckpointError,
@@ -121,8 +122,9 @@ def load_referring_state_dict(
 def load_referring_checkpoint(
     model: ReSurgSAM2,
     source: str | os.PathLike[str],
-    storage_options: dict[str, Any] | None = None,
     init_from: Sequence[str] | None = None,
+    *,
+    storage: Storage = LOCAL,
 ) -> LoadReport:
     """Load a ReSurgSAM2 checkpoint (released or ours) into `model`, strictly.
 
@@ -130,7 +132,7 @@ def load_referring_checkpoint(
     referring head from scratch on a SAM2.1 checkpoint, as ReSurgSAM2's pretraining does).
     """
     text = os.fspath(source)
-    state_dict, metadata = read_state_dict(text, storage_options)
+    state_dict, metadata = read_state_dict(text, storage=storage)
     allowed = load_referring_state_dict(model, state_dict, text, init_from)
     return LoadReport(text, loaded=len(state_dict), initialised=allowed, metadata=metadata)
 
@@ -138,13 +140,14 @@ def load_referring_checkpoint(
 def save_referring_checkpoint(
     model: ReSurgSAM2,
     destination: str | os.PathLike[str],
-    storage_options: dict[str, Any] | None = None,
     extra_metadata: dict[str, Any] | None = None,
+    *,
+    storage: Storage = LOCAL,
 ) -> None:
     """Our layout, with the referring config in the metadata (a frozen text encoder is not
     saved; an embedded text tower is, under `text_tower.`)."""
     metadata = {REFERRING_METADATA_KEY: model.referring_cfg.model_dump_json()}
-    save_checkpoint(model, destination, storage_options, metadata | (extra_metadata or {}))
+    save_checkpoint(model, destination, metadata | (extra_metadata or {}), storage=storage)
 
 
 def build_resurgsam2(
@@ -154,7 +157,7 @@ def build_resurgsam2(
     *,
     device: torch.device | str = "cpu",
     image_size: int | None = None,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = LOCAL,
     init_from: Sequence[str] | None = None,
     load_text_encoder: bool = True,
 ) -> ReSurgSAM2:
@@ -173,7 +176,7 @@ def build_resurgsam2(
     source = ""
     if checkpoint is not None:
         source = os.fspath(checkpoint)
-        state_dict, metadata = read_state_dict(source, storage_options)
+        state_dict, metadata = read_state_dict(source, storage=storage)
     if isinstance(variant_or_config, ModelConfig):
         cfg = variant_or_config
         if image_size is not None:
@@ -192,5 +195,5 @@ def build_resurgsam2(
         load_referring_state_dict(model, state_dict, source, init_from)
     model = model.to(device).eval()
     if load_text_encoder and model.referring_cfg.text_encoder is not None:
-        model.load_text_encoder(storage_options)
+        model.load_text_encoder(storage=storage)
     return model

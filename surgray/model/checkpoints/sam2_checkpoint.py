@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from surgray.errors import UserError
+from surgray.io.storage import LOCAL, Storage
 from surgray.model.checkpoints.shipped import SHIPPED_DIR, SHIPPED_PREFIX
 from surgray.model.sam2.config import ModelConfig
 from surgray.model.sam2.network import SAM2Model
@@ -84,17 +85,15 @@ def _is_remote(source: str) -> bool:
     return "://" in source and not source.startswith("file://")
 
 
-def _read_bytes_or_path(source: str, storage_options: dict[str, Any] | None) -> Any:
+def _read_bytes_or_path(source: str, *, storage: Storage) -> Any:
     """A local path, or the remote object's bytes (checkpoints are read whole anyway)."""
     if not _is_remote(source):
         path = source[len("file://") :] if source.startswith("file://") else source
         if not os.path.isfile(path):
             raise CheckpointNotFoundError(f"checkpoint {source}: file not found")
         return path
-    import fsspec
-
     try:
-        fs, path = fsspec.core.url_to_fs(source, **(storage_options or {}))
+        fs, path = storage.filesystem(source)
     except (ImportError, ValueError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {source}: cannot open its filesystem: {exc}") from exc
     try:
@@ -133,7 +132,7 @@ def _load_failure(exc: Exception) -> str:
 
 
 def read_state_dict(
-    source: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+    source: str | os.PathLike[str], *, storage: Storage = LOCAL
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """(state dict, our metadata or None) of a checkpoint file, tensors on the CPU.
 
@@ -141,7 +140,7 @@ def read_state_dict(
     `demo:referring`), resolved in the process that reads it, so every node of a cluster uses
     its own copy of the package."""
     text = os.fspath(source)
-    target = _read_bytes_or_path(shipped_checkpoint_path(text), storage_options)
+    target = _read_bytes_or_path(shipped_checkpoint_path(text), storage=storage)
     try:
         payload = torch.load(target, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, truncated pickle, foreign format, ...
@@ -236,12 +235,13 @@ def check_state_dict(
 def load_checkpoint(
     model: SAM2Model,
     source: str | os.PathLike[str],
-    storage_options: dict[str, Any] | None = None,
     init_from: Sequence[str] | None = None,
+    *,
+    storage: Storage = LOCAL,
 ) -> LoadReport:
     """Load weights into `model` strictly; `init_from` lists prefixes that may be missing."""
     text = os.fspath(source)
-    state_dict, metadata = read_state_dict(text, storage_options)
+    state_dict, metadata = read_state_dict(text, storage=storage)
     allowed = check_state_dict(model, state_dict, text, init_from or ())
     model.load_state_dict(state_dict, strict=not allowed)
     if allowed:
@@ -291,8 +291,9 @@ def stored_or_variant_config(
 def save_checkpoint(
     model: SAM2Model,
     destination: str | os.PathLike[str],
-    storage_options: dict[str, Any] | None = None,
     extra_metadata: dict[str, Any] | None = None,
+    *,
+    storage: Storage = LOCAL,
 ) -> None:
     """Write `{"model": state_dict, "surgray": metadata}` (official layout plus metadata)."""
     text = os.fspath(destination)
@@ -309,12 +310,9 @@ def save_checkpoint(
         torch.save(payload, tmp)
         os.replace(tmp, path)  # readers never see a half-written file
         return
-    import fsspec
-
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    with fsspec.open(text, "wb", **(storage_options or {})) as handle:
-        handle.write(buffer.getvalue())
+    storage.write_bytes(text, buffer.getvalue())
 
 
 def build_model(
@@ -322,7 +320,8 @@ def build_model(
     checkpoint: str | os.PathLike[str] | None = None,
     device: torch.device | str = "cpu",
     image_size: int | None = None,
-    storage_options: dict[str, Any] | None = None,
+    *,
+    storage: Storage = LOCAL,
     init_from: Sequence[str] | None = None,
 ) -> SAM2Model:
     """A `SAM2Model` in eval mode, optionally with weights from `checkpoint`.
@@ -340,5 +339,5 @@ def build_model(
         cfg = get_variant(variant_or_config, image_size=image_size)
     model = SAM2Model(cfg)
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint, storage_options, init_from)
+        load_checkpoint(model, checkpoint, init_from, storage=storage)
     return model.to(device).eval()

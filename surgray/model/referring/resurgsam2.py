@@ -53,6 +53,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from surgray.io.storage import LOCAL, Storage
 from surgray.model.referring.category_probes import CategoryProbes
 from surgray.model.referring.config import (
     ReferringConfig,
@@ -150,7 +151,7 @@ class ReSurgSAM2(SAM2Model):
             )
         self._text_slot.append(encoder.to(self.device))
 
-    def load_text_encoder(self, storage_options: dict | None = None) -> TextEncoder:
+    def load_text_encoder(self, *, storage: Storage = LOCAL) -> TextEncoder:
         """Load `referring_cfg.text_encoder` (a transformers CLIP text directory or URI); with
         an embedded text tower there is nothing to load and the tower is returned."""
         if self.text_tower is not None:
@@ -160,7 +161,7 @@ class ReSurgSAM2(SAM2Model):
             raise ValueError("ReferringConfig.text_encoder is not set: no CLIP directory to load")
         encoder = TextEncoder.from_pretrained(
             source,
-            storage_options=storage_options,
+            storage=storage,
             cache_size=self.referring_cfg.text_cache_size,
             overflow=self.referring_cfg.text_overflow,
         )

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from surgray.io.storage import LOCAL, Storage
 from surgray.model.text.files import (
     load_text_projection,
     localize_directory,
@@ -144,8 +145,9 @@ class TextEncoder(nn.Module):
     def from_pretrained(
         cls,
         path_or_uri: str | os.PathLike,
-        storage_options: dict | None = None,
         cache_dir: str | os.PathLike | None = None,
+        *,
+        storage: Storage = LOCAL,
         **kwargs: Any,
     ) -> TextEncoder:
         """Load `CLIPTextModel` + `CLIPTokenizer` from a local directory or an fsspec URI.
@@ -158,7 +160,7 @@ class TextEncoder(nn.Module):
         """
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        local = localize_directory(str(path_or_uri), storage_options, cache_dir)
+        local = localize_directory(str(path_or_uri), cache_dir, storage=storage)
         if not local.is_dir():
             raise FileNotFoundError(f"text encoder directory {local} does not exist")
         if not (local / "config.json").is_file():

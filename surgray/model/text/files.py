@@ -12,16 +12,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from surgray.io.storage import Storage
+
 _TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 
 
-def localize_directory(path_or_uri: str, storage_options: dict | None, cache_dir) -> Path:
+def localize_directory(path_or_uri: str, cache_dir, *, storage: Storage) -> Path:
     """A local directory for `path_or_uri`, copying it from object storage when needed."""
     if "://" not in path_or_uri or path_or_uri.startswith("file://"):
         return Path(path_or_uri.removeprefix("file://"))
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(path_or_uri, **(storage_options or {}))
+    fs, root = storage.filesystem(path_or_uri)
     digest = hashlib.sha256(path_or_uri.encode()).hexdigest()[:16]
     base = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir())
     target = base / f"surgray-text-encoder-{digest}"

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from surgray.io.storage import LOCAL, Storage
 from surgray.serving.errors import Unprocessable
 
 JPEG_QUALITY = 90
@@ -61,8 +62,8 @@ def jpeg(image: np.ndarray) -> bytes:
 
 def read_frames(
     uri: str,
-    storage_options: dict[str, Any] | None,
     *,
+    storage: Storage,
     max_frames: int,
     max_side: int,
     what: str,
@@ -74,7 +75,7 @@ def read_frames(
     frames: list[bytes] = []
     fps, height, width = 0.0, 0, 0
     try:
-        with VideoReader(uri, storage_options=storage_options, end_frame=max_frames) as reader:
+        with VideoReader(uri, storage=storage, end_frame=max_frames) as reader:
             fps = float(reader.info.fps or 0.0)
             for frame in reader:
                 height, width = frame.image.shape[:2]
@@ -99,7 +100,7 @@ def decode_upload(data: bytes, name: str, *, max_frames: int, max_side: int) -> 
         with os.fdopen(handle, "wb") as file:
             file.write(data)
         frames, fps, height, width = read_frames(
-            path, None, max_frames=max_frames, max_side=max_side, what="the uploaded video"
+            path, storage=LOCAL, max_frames=max_frames, max_side=max_side, what="the uploaded video"
         )
     finally:
         os.unlink(path)

@@ -83,7 +83,7 @@ class ReviewStores:
 
     @staticmethod
     def layout(source: ReviewSource) -> OutputLayout:
-        return OutputLayout(source.uri, source.storage_options or None)
+        return OutputLayout(source.uri, storage=source.storage.build())
 
 
 def safe_video_id(video_id: str) -> str:
@@ -232,7 +232,7 @@ def video_frames(
     if source.endswith("frames.zip") and source == live_frames_uri(layout, video_id):
         return frames_from_zip(layout.read_bytes(source) or b"")[:max_frames]
     frames, _, _, _ = read_frames(
-        source, layout.storage_options, max_frames=max_frames, max_side=max_side, what="the video"
+        source, storage=layout.storage, max_frames=max_frames, max_side=max_side, what="the video"
     )
     return frames
 
