@@ -122,11 +122,11 @@ def test_plan_rows_probes_only_what_planning_needs(clip_video):
         }
 
     # Text prompts and no segmenting: one work item, the video never opened.
-    (item,) = plan_rows([row("v", "/nowhere/v.mp4")], PlanSettings(None, 1, FramesConfig(), None))
+    (item,) = plan_rows([row("v", "/nowhere/v.mp4")], PlanSettings(None, 1, FramesConfig()))
     assert (item["segment_index"], item["num_segments"], item["end_frame"]) == (0, 1, -1)
     assert item["provenance_json"] == "{}" and item[OUTCOME_COLUMN] == ""
     # Segmenting: the video is probed (4 frames) and cut in pieces of at most 2 frames.
-    settings = PlanSettings(2, 1, FramesConfig(), None)
+    settings = PlanSettings(2, 1, FramesConfig())
     items = plan_rows([row("t", str(video))], settings)
     bounds = [(i["segment_index"], i["num_segments"], i["start_frame"]) for i in items]
     assert bounds == [(0, 2, 0), (1, 2, 2)]
