@@ -138,7 +138,7 @@ class SAM2Model(nn.Module):
         return SamHeads(
             self.sam_prompt_encoder,
             self.sam_mask_decoder,
-            getattr(self, "mask_downsample", None),
+            self._modules.get("mask_downsample"),  # absent without object pointers
             self.pointer_head,
             self.cfg,
         )
