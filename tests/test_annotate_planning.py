@@ -28,6 +28,7 @@ from surgray.annotate.plan_stage import (
     outcome_of,
     plan_rows,
 )
+from surgray.io.storage import LOCAL
 
 SIZE, FRAMES = 64, 4
 PLAIN = dict(leave_and_return=False, occlusion=False, smoke=False, motion_blur=False)
@@ -122,11 +123,11 @@ def test_plan_rows_probes_only_what_planning_needs(clip_video):
         }
 
     # Text prompts and no segmenting: one work item, the video never opened.
-    (item,) = plan_rows([row("v", "/nowhere/v.mp4")], PlanSettings(None, 1, FramesConfig()))
+    (item,) = plan_rows([row("v", "/nowhere/v.mp4")], PlanSettings(None, 1, FramesConfig(), LOCAL))
     assert (item["segment_index"], item["num_segments"], item["end_frame"]) == (0, 1, -1)
     assert item["provenance_json"] == "{}" and item[OUTCOME_COLUMN] == ""
     # Segmenting: the video is probed (4 frames) and cut in pieces of at most 2 frames.
-    settings = PlanSettings(2, 1, FramesConfig())
+    settings = PlanSettings(2, 1, FramesConfig(), LOCAL)
     items = plan_rows([row("t", str(video))], settings)
     bounds = [(i["segment_index"], i["num_segments"], i["start_frame"]) for i in items]
     assert bounds == [(0, 2, 0), (1, 2, 2)]
