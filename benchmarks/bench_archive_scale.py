@@ -14,10 +14,14 @@ video once; one box prompt on frame 0, so no video needs probing). Per N, each p
   work rows): seconds, microseconds per video, the process's peak RSS;
 - first frame: `surgray annotate` as a user runs it (local Ray, 2 CPUs), from the command's
   start until the first video's completion marker is on the store (a 6-frame clip, so this
-  is the first tracked frame plus 5 more and the video's finalization); then it is stopped;
+  is the first tracked frame plus 5 more and the video's finalization), and the driver's
+  peak RSS (VmHWM) at that moment; then it is stopped. Probing (every video here has a box
+  prompt to check against its video) runs in the pipeline, streamed;
 - rerun: `prepare_job` over a prefix that holds N complete videos (one real video's outputs,
-  written by the first-frame phase, copied under every id): seconds per video, and whether
-  any work would reach an actor (it must not).
+  written by the first-frame phase, copied under every id, with the `_index/` files a job
+  writes for them, built from one listing): seconds per video, and whether any work would
+  reach an actor (it must not). `--no-index` leaves the index out (outputs of a run before
+  the index existed: the per-video content check).
 
 Cells that were not measured read 'not measured'.
 """
@@ -188,6 +192,36 @@ def clone_complete_video(endpoint: str, source_prefix: str, target_prefix: str, 
     return source_id
 
 
+def index_clones(endpoint: str, target_prefix: str) -> int:
+    """The `_index/` files a job writes for the videos under `target_prefix`, built from one
+    flat listing of `masks/` and one of `_done/` (the clones share one provenance, read from
+    one marker). Returns the number of entries."""
+    from surgray.annotate.output_scan import fingerprint
+    from surgray.annotate.outputs import Marker, OutputLayout
+    from surgray.annotate.run_index import (
+        FLUSH_EVERY,
+        IndexEntry,
+        IndexWriter,
+        provenance_key,
+    )
+
+    layout = OutputLayout(target_prefix, storage=bench_storage(endpoint))
+    markers = layout.entries_in("_done")
+    parts: dict[str, dict] = {}
+    for path, info in layout.entries_in("masks", recursive=True).items():
+        folder, _, name = path.partition("/")
+        parts.setdefault(folder.removeprefix("video_id="), {})[name] = fingerprint(info)
+    first = sorted(markers)[0].removesuffix(".json")
+    key = provenance_key(Marker.from_json(layout.read_bytes(layout.marker_uri(first))).provenance)
+    writer = IndexWriter(layout, flush_every=FLUSH_EVERY)
+    for name, info in sorted(markers.items()):
+        video_id = name.removesuffix(".json")
+        found = tuple(sorted(parts.get(video_id, {}).items()))
+        writer.add_entry(IndexEntry(video_id, key, fingerprint(info), found))
+    writer.flush()
+    return len(markers)
+
+
 # ------------------------------------------------------------------ measured phases
 def worker(args: argparse.Namespace) -> None:
     """One `prepare_job` in this fresh process: time, peak RSS, what it planned."""
@@ -222,8 +256,11 @@ def run_prepare(endpoint: str, manifest: str, out: str, work: Path, name: str) -
     return json.loads(result.read_text())
 
 
-def first_frame(endpoint: str, manifest: str, out: str, work: Path, name: str) -> float | None:
-    """Seconds from `surgray annotate`'s start to the first completion marker on the store."""
+def first_frame(
+    endpoint: str, manifest: str, out: str, work: Path, name: str
+) -> tuple[float | None, int | None]:
+    """Seconds from `surgray annotate`'s start to the first completion marker on the store,
+    and the driver's peak RSS then."""
     import yaml
 
     config = work / f"{name}.yaml"
@@ -238,13 +275,14 @@ def first_frame(endpoint: str, manifest: str, out: str, work: Path, name: str) -
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )  # fmt: skip
     fs = filesystem(endpoint)
-    seconds = None
+    seconds = rss = None
     try:
         while job.poll() is None and time.monotonic() - started < FIRST_FRAME_TIMEOUT_S:
             fs.invalidate_cache()
             try:
                 if fs.ls(f"{out[5:]}/_done", detail=False):
                     seconds = time.monotonic() - started
+                    rss = _peak_rss_of(job.pid)
                     break
             except FileNotFoundError:
                 pass
@@ -261,21 +299,41 @@ def first_frame(endpoint: str, manifest: str, out: str, work: Path, name: str) -
             except subprocess.TimeoutExpired:
                 continue
         log.close()
-    return seconds
+    return seconds, rss
 
 
-def measure(endpoint: str, count: int, work: Path) -> dict:
+def _peak_rss_of(pid: int) -> int | None:
+    """A running process's peak resident memory in bytes (Linux VmHWM), None elsewhere."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def measure(endpoint: str, count: int, work: Path, *, index: bool = True) -> dict:
     manifest = write_archive(endpoint, count)
     fresh = f"s3://{BUCKET}/out/fresh-{count}"
     plan = run_prepare(endpoint, manifest, fresh, work, f"plan-{count}")
     started = f"s3://{BUCKET}/out/first-{count}"
-    first = first_frame(endpoint, manifest, started, work, f"first-{count}")
+    first, first_rss = first_frame(endpoint, manifest, started, work, f"first-{count}")
     rerun = None
     if first is not None:
         complete = f"s3://{BUCKET}/out/complete-{count}"
         clone_complete_video(endpoint, started, complete, count)
+        if index:
+            index_clones(endpoint, complete)
         rerun = run_prepare(endpoint, manifest, complete, work, f"rerun-{count}")
-    return {"count": count, "plan": plan, "first_frame_s": first, "rerun": rerun}
+    return {
+        "count": count,
+        "plan": plan,
+        "first_frame_s": first,
+        "first_rss": first_rss,
+        "rerun": rerun,
+        "load": os.getloadavg()[0],
+    }
 
 
 def _per_video(results: list[dict], index: int, seconds_of) -> float | None:
@@ -303,16 +361,19 @@ def table(results: list[dict]) -> str:
                 fmt_mb(plan["peak_rss"]),
                 fmt(first, " s", 1),
                 fmt(first / base if first and base else None, "x", 2),
+                fmt_mb(r["first_rss"]),
                 fmt(rerun["seconds"] if rerun else None, " s", 2),
                 fmt(rerun_slope and rerun_slope * 1e3, " ms", 3),
                 "not measured"
                 if rerun is None
                 else f"{rerun['rows']} ({rerun['skipped']:,} skipped)",
+                f"{r['load']:.1f}",
             ]
         )
     header = [
-        "videos", "plan", "plan per added video", "driver peak RSS (MB)", "first video done",
-        "vs smallest", "rerun check", "rerun per added video", "work rows on rerun",
+        "videos", "plan", "plan per added video", "plan peak RSS (MB)", "first video done",
+        "vs smallest", "driver RSS at first video (MB)", "rerun check", "rerun per added video",
+        "work rows on rerun", "load (1 min)",
     ]  # fmt: skip
     return print_table("Archive scale: the annotate driver on S3 (moto)", header, rows)
 
@@ -321,6 +382,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N = 100 and 1,000")
     parser.add_argument("--sizes", default=None, help="comma-separated archive sizes")
+    parser.add_argument(
+        "--no-index", action="store_true", help="rerun over outputs without an _index/"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -339,7 +403,7 @@ def main() -> int:
     try:
         setup_store(endpoint)
         with tempfile.TemporaryDirectory(prefix="bench-scale") as work:
-            results = [measure(endpoint, n, Path(work)) for n in sizes]
+            results = [measure(endpoint, n, Path(work), index=not args.no_index) for n in sizes]
     finally:
         moto.terminate()
         moto.wait(timeout=30)
