@@ -32,7 +32,9 @@ loading, Ray's start and the job's planning are outside it; `process s` is the w
 Memory: `tree RSS` / `tree PSS` are the peak sums over the side's whole process tree (for the
 job: the CLI driver and its Ray: GCS, raylet, workers), sampled from /proc every 0.25 s
 (`proc_memory.py`); `largest process RSS` is the peak of the biggest single process (the
-reference's loop; the job's model actor).
+reference's loop; the job's model actor). CPU: user + system seconds of every process in the
+tree (`CPU s (tree)`) and of the busiest one (the model's), and a table of the busiest
+processes of each side: what the pipeline around the model costs.
 Masks: compared with the reference's row by row (frame, object): `identical` means every mask
 agrees on >= 99.9% of its pixels.
 
@@ -261,6 +263,8 @@ def run_side(side: str, folder: Path, out: Path, args, env) -> dict:
         "tree_pss": peak.pss,
         "largest_rss": peak.largest_rss,
         "processes": peak.processes,
+        "cpu": sampler.cpu_by_process(),
+        "cpu_window": sampler.cpu_between(times["first_open"], times["last_row"]),
         "load": os.getloadavg()[0],
     }
 
@@ -397,6 +401,8 @@ def print_tables(args, sides, runs, masks) -> None:
                 f"{max(r['tree_pss'] for r in mine) / MB:.0f}",
                 f"{max(r['largest_rss'] for r in mine) / MB:.0f}",
                 f"{max(r['processes'] for r in mine)}",
+                f"{statistics.median(sum(c for _, c in r['cpu']) for r in mine):.0f}",
+                f"{statistics.median(r['cpu'][0][1] for r in mine):.0f}",
                 "reference" if side == "reference" else compare(masks[side], masks["reference"]),
             ]
         )
@@ -406,8 +412,28 @@ def print_tables(args, sides, runs, masks) -> None:
         f" random weights (seed {args.seed}), {args.threads} threads, {args.rounds} round(s)"
     )
     header = ["side", "frames", "wall s", "frames/s", "vs reference", "process s",
-              "peak tree RSS MB", "peak tree PSS MB", "largest process RSS MB", "processes", "masks"]  # fmt: skip
+              "peak tree RSS MB", "peak tree PSS MB", "largest process RSS MB", "processes", "CPU s (tree)",
+              "CPU s (busiest process)", "masks"]  # fmt: skip
     print_table(title, header, rows)
+    # Where the job's CPU goes besides the model: the last round's processes, busiest first.
+    last = max(by_round)
+    cpu_rows = []
+    for side in sides:
+        result = by_round[last][side]
+        window: dict[str, float] = {}
+        for name, seconds in result["cpu_window"]:
+            window[name] = window.get(name, 0.0) + seconds
+        for name, seconds in result["cpu"][:6]:
+            inside = window.get(name)
+            cpu_rows.append(
+                [side, name, f"{seconds:.1f}", "-" if inside is None else f"{inside:.1f}"]
+            )
+        share = sum(window.values()) / max(result["wall_s"], 1e-9)
+        cpu_rows.append([side, "(all, during the wall time)", "", f"{sum(window.values()):.1f} "
+                         f"({share:.2f} cores busy)"])  # fmt: skip
+    print_table(f"CPU seconds by process (round {last + 1}, busiest 6 per side)",
+                ["side", "process (command line)", "CPU s (whole run)",
+                 "CPU s (first open to last row)"], cpu_rows)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -6,12 +6,15 @@ and all their descendants, resident memory (RSS: shared library pages counted on
 process, so it overstates a many-process tree) and proportional set size (PSS: shared pages
 split between the processes that map them, so the sum is the tree's real footprint). Peaks are
 the largest sums seen. A process that ends between two samples is simply missed in that one.
+It also keeps each process's CPU time (user + system) as last seen, by command line, so a
+job's CPU can be split between the process that runs the model and everything around it.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 MB = 1024 * 1024
@@ -63,6 +66,30 @@ def _rollup(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of one process so far; None when it has gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
+
+
+def command(pid: int, width: int = 60) -> str:
+    """The process's command line (Ray retitles its workers: `ray::MapWorker(...)`)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            text = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+    return text[:width]
+
+
 def tree_memory(roots: list[int]) -> tuple[int, int, int, int]:
     """(RSS sum, PSS sum, largest single RSS, process count) of the trees under `roots` now."""
     pids = tree_pids(roots)
@@ -87,6 +114,8 @@ class TreeSampler:
         self.roots = list(roots)
         self.interval_s = interval_s
         self.peak = TreePeak()
+        self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (command, CPU seconds) last seen
+        self.timeline: list[tuple[float, dict[int, float]]] = []  # (time.time(), pid -> CPU s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tree-memory", daemon=True)
 
@@ -98,6 +127,14 @@ class TreeSampler:
         return self
 
     def sample(self) -> None:
+        now, seen = time.time(), {}
+        for pid in tree_pids(self.roots):
+            seconds = cpu_seconds(pid)
+            if seconds is not None:
+                name = command(pid) or self.cpu.get(pid, ("(exited)", 0.0))[0]
+                self.cpu[pid] = (name, seconds)
+                seen[pid] = seconds
+        self.timeline.append((now, seen))
         rss, pss, largest, count = tree_memory(self.roots)
         peak = self.peak
         peak.rss, peak.pss = max(peak.rss, rss), max(peak.pss, pss)
@@ -112,3 +149,18 @@ class TreeSampler:
         self._stop.set()
         self._thread.join(timeout=10)
         return self.peak
+
+    def cpu_between(self, start: float, end: float) -> list[tuple[str, float]]:
+        """(command, CPU seconds) spent between two `time.time()` instants, from the samples
+        nearest inside them, busiest first."""
+        inside = [(t, seen) for t, seen in self.timeline if start <= t <= end]
+        if len(inside) < 2:
+            return []
+        (_, first), (_, last) = inside[0], inside[-1]
+        spent = {pid: last[pid] - first.get(pid, 0.0) for pid in last}
+        named = [(self.cpu[pid][0], seconds) for pid, seconds in spent.items() if seconds > 0]
+        return sorted(named, key=lambda item: -item[1])
+
+    def cpu_by_process(self) -> list[tuple[str, float]]:
+        """(command, CPU seconds) of every process seen, most CPU first."""
+        return sorted(self.cpu.values(), key=lambda item: -item[1])
