@@ -57,6 +57,7 @@ def test_config_section_builds_the_fsspec_options():
         }
     )
     assert StorageConfig().build() == LOCAL
+    assert hash(storage) == hash(Storage(dict(storage.options)))  # usable in frozen settings
     assert pickle.loads(pickle.dumps(storage)) == storage
     with pytest.raises(ValueError, match=r"credentials \['secret'\] do not belong in the config"):
         StorageConfig(options={"secret": "x"})

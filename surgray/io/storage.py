@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -70,6 +71,11 @@ class Storage:
     """
 
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        # Options hold dicts (s3fs's client_kwargs), which do not hash; their JSON does, so a
+        # Storage can sit in frozen settings objects and cache keys.
+        return hash(json.dumps(dict(self.options), sort_keys=True, default=repr))
 
     def filesystem(self, uri: str | os.PathLike[str]) -> tuple[Any, str]:
         """(fsspec filesystem, path inside it); a VideoError for an unknown scheme."""
