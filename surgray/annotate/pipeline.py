@@ -93,6 +93,12 @@ def connect_ray(
         options["num_cpus"] = num_cpus
     if temp_dir is not None:
         options["_temp_dir"] = temp_dir
+    if "RAY_worker_niceness" not in environ:
+        # Ray starts workers at nice +15 by default, so on a machine with any other load the
+        # model actor gets a fraction of the CPU its own driver would: the job ran at half the
+        # reference loop's speed on a shared machine for this alone (benchmarks/README.md,
+        # archive throughput). Workers of the instance we start run at the driver's priority.
+        options["_system_config"] = {"worker_niceness": 0}
     ray.init(**options)
     return True
 
