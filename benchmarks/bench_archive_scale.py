@@ -8,7 +8,8 @@ long a job over N videos takes to track its first frame, for N = 1,000, 10,000, 
 Everything lives on a real S3 server (moto, on a free loopback port, started here): two real
 MP4 clips (synthetic, 64 px, 6 frames), a random-weight micro checkpoint, and for each N a
 JSONL manifest of N videos (N objects, copies of the two clips, since a manifest names each
-video once; one box prompt on frame 0, so no video needs probing). Per N, each phase in a fresh process:
+video once; one box prompt on frame 0, checked against each video by a probe). Per N, each
+phase in a fresh process:
 
 - plan: `prepare_job` over a fresh output prefix (manifest read, provenance, rerun check,
   work rows): seconds, microseconds per video, the process's peak RSS;
@@ -20,8 +21,10 @@ video once; one box prompt on frame 0, so no video needs probing). Per N, each p
 - rerun: `prepare_job` over a prefix that holds N complete videos (one real video's outputs,
   written by the first-frame phase, copied under every id, with the `_index/` files a job
   writes for them, built from one listing): seconds per video, and whether any work would
-  reach an actor (it must not). `--no-index` leaves the index out (outputs of a run before
-  the index existed: the per-video content check).
+  reach an actor (it must not); "rerun check per video" is the rerun check alone
+  (`surgray.annotate.rerun.prepare_rerun`) divided by N. `--no-index` leaves the index out
+  (outputs of a run before the index existed: the per-video content check); `--rerun-max`
+  skips the rerun phase above a size.
 
 Cells that were not measured read 'not measured'.
 """
@@ -225,15 +228,29 @@ def index_clones(endpoint: str, target_prefix: str) -> int:
 # ------------------------------------------------------------------ measured phases
 def worker(args: argparse.Namespace) -> None:
     """One `prepare_job` in this fresh process: time, peak RSS, what it planned."""
+    import surgray.annotate.driver as driver
     from surgray.annotate.config import AnnotateConfig
     from surgray.annotate.driver import prepare_job
 
+    # The rerun check alone, without the fixed costs around it (checkpoint digest, model check).
+    check_seconds: list[float] = []
+    check = driver.prepare_rerun
+
+    def timed_check(*args, **kwargs):
+        began = time.perf_counter()
+        try:
+            return check(*args, **kwargs)
+        finally:
+            check_seconds.append(time.perf_counter() - began)
+
+    driver.prepare_rerun = timed_check
     config = AnnotateConfig.from_dict(json.loads(Path(args.config).read_text()))
     started = time.perf_counter()
     plan = prepare_job(config)
     seconds = time.perf_counter() - started
     result = {
         "seconds": seconds,
+        "check_seconds": sum(check_seconds),
         "peak_rss": peak_rss(),
         "rows": len(plan.rows),
         "skipped": len(plan.skipped),
@@ -313,14 +330,16 @@ def _peak_rss_of(pid: int) -> int | None:
     return None
 
 
-def measure(endpoint: str, count: int, work: Path, *, index: bool = True) -> dict:
+def measure(
+    endpoint: str, count: int, work: Path, *, index: bool = True, rerun_max: int | None = None
+) -> dict:
     manifest = write_archive(endpoint, count)
     fresh = f"s3://{BUCKET}/out/fresh-{count}"
     plan = run_prepare(endpoint, manifest, fresh, work, f"plan-{count}")
     started = f"s3://{BUCKET}/out/first-{count}"
     first, first_rss = first_frame(endpoint, manifest, started, work, f"first-{count}")
     rerun = None
-    if first is not None:
+    if first is not None and (rerun_max is None or count <= rerun_max):
         complete = f"s3://{BUCKET}/out/complete-{count}"
         clone_complete_video(endpoint, started, complete, count)
         if index:
@@ -364,6 +383,7 @@ def table(results: list[dict]) -> str:
                 fmt_mb(r["first_rss"]),
                 fmt(rerun["seconds"] if rerun else None, " s", 2),
                 fmt(rerun_slope and rerun_slope * 1e3, " ms", 3),
+                fmt(rerun and rerun["check_seconds"] / r["count"] * 1e3, " ms", 3),
                 "not measured"
                 if rerun is None
                 else f"{rerun['rows']} ({rerun['skipped']:,} skipped)",
@@ -372,8 +392,8 @@ def table(results: list[dict]) -> str:
         )
     header = [
         "videos", "plan", "plan per added video", "plan peak RSS (MB)", "first video done",
-        "vs smallest", "driver RSS at first video (MB)", "rerun check", "rerun per added video",
-        "work rows on rerun", "load (1 min)",
+        "vs smallest", "driver RSS at first video (MB)", "rerun (prepare_job)",
+        "rerun per added video", "rerun check per video", "work rows on rerun", "load (1 min)",
     ]  # fmt: skip
     return print_table("Archive scale: the annotate driver on S3 (moto)", header, rows)
 
@@ -384,6 +404,9 @@ def main() -> int:
     parser.add_argument("--sizes", default=None, help="comma-separated archive sizes")
     parser.add_argument(
         "--no-index", action="store_true", help="rerun over outputs without an _index/"
+    )
+    parser.add_argument(
+        "--rerun-max", type=int, default=None, help="skip the rerun phase above this many videos"
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -403,7 +426,10 @@ def main() -> int:
     try:
         setup_store(endpoint)
         with tempfile.TemporaryDirectory(prefix="bench-scale") as work:
-            results = [measure(endpoint, n, Path(work), index=not args.no_index) for n in sizes]
+            results = [
+                measure(endpoint, n, Path(work), index=not args.no_index, rerun_max=args.rerun_max)
+                for n in sizes
+            ]
     finally:
         moto.terminate()
         moto.wait(timeout=30)

@@ -3,9 +3,11 @@
 A rerun over an archive of 100,000 videos must not ask the store about each video in turn:
 on object storage every question is a round trip, and a fresh prefix would answer "nothing
 here" 100,000 times. One listing of each of the layout's folders (one LIST request per
-thousand keys on S3, non-recursive, so a video's many part files or PNGs are not walked)
-tells which videos have a completion marker and which have anything at all; only those are
-looked at one by one (`surgray.annotate.outputs.prepare_rerun`).
+thousand keys on S3) tells which videos have a completion marker, a status record or anything
+at all: `_done/`, `status/` and `exports/*` non-recursive (a video's many PNGs are not
+walked), `masks/` flat, with each part's size and ETag (mtime on a local disk), which the
+rerun's index is checked against (`surgray.annotate.rerun`). Only the videos found are looked
+at further. An empty local folder under `masks/` counts as nothing.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class OutputScan:
     present: frozenset[str]  # anything of the video exists: marker, status, parts or exports
     statuses: frozenset[str] = frozenset()  # a status record exists
     marker_prints: Mapping[str, Fingerprint] = field(default_factory=dict)  # from the listing
+    # video id -> part name -> fingerprint, from one flat listing of masks/
+    part_prints: Mapping[str, Mapping[str, Fingerprint]] = field(default_factory=dict)
 
     def untouched(self, video_ids: Iterable[str]) -> list[str]:
         """The ids of `video_ids` with nothing under the prefix: pending, nothing to reset."""
@@ -65,7 +69,13 @@ def scan_outputs(layout: OutputLayout) -> OutputScan:
     markers = set(prints)
     statuses = {v for n in layout.names_in("status") if (v := _strip(n, "video_id=", ".json"))}
     present = markers | statuses
-    present.update(v for n in layout.names_in("masks") if (v := _strip(n, "video_id=")))
+    parts: dict[str, dict[str, Fingerprint]] = {}
+    for path, info in layout.entries_in("masks", recursive=True).items():
+        folder, _, name = path.partition("/")
+        video_id = _strip(folder, "video_id=")
+        if video_id and name and "/" not in name:
+            parts.setdefault(video_id, {})[name] = fingerprint(info)
+    present.update(parts)
     for fmt, suffix in EXPORT_SUFFIXES.items():
         present.update(v for n in layout.names_in(f"exports/{fmt}") if (v := _strip(n, "", suffix)))
     return OutputScan(
@@ -73,4 +83,8 @@ def scan_outputs(layout: OutputLayout) -> OutputScan:
         present=frozenset(present),
         statuses=frozenset(statuses),
         marker_prints=prints,
+        part_prints={
+            v: {n: fp for n, fp in found.items() if n.endswith(".parquet")}
+            for v, found in parts.items()
+        },
     )

@@ -3,7 +3,7 @@ complete (skip them) and which must be redone (reset them).
 
     listings: _done/, status/, masks/, exports/*    (scan_outputs: one LIST per thousand keys)
     index:    _index/*.parquet                      (a few GETs; `surgray.annotate.run_index`)
-    + masks/ listed flat, with sizes and ETags       (only when an index covers some video)
+    (masks/ is listed flat, with sizes and ETags: the parts of every video in one pass)
 
 A video with a marker is complete without a request of its own when an index row matches the
 listing (provenance, marker and every part's size and tag). Every other video the prefix holds
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from surgray.annotate.logsafe import logger, video_label
-from surgray.annotate.output_scan import Fingerprint, OutputScan, scan_outputs
+from surgray.annotate.output_scan import OutputScan, scan_outputs
 from surgray.annotate.outputs import (
     RERUN_THREADS,
     OutputLayout,
@@ -39,18 +39,6 @@ from surgray.annotate.run_index import (
 )
 
 
-def _parts_by_video(layout: OutputLayout) -> dict[str, dict[str, Fingerprint]]:
-    """One flat listing of `masks/`: video id -> part name -> fingerprint."""
-    from surgray.annotate.output_scan import fingerprint
-
-    parts: dict[str, dict[str, Fingerprint]] = {}
-    for path, info in layout.entries_in("masks", recursive=True).items():
-        folder, _, name = path.partition("/")
-        if folder.startswith("video_id=") and name.endswith(".parquet") and "/" not in name:
-            parts.setdefault(folder.removeprefix("video_id="), {})[name] = fingerprint(info)
-    return parts
-
-
 def indexed_complete(
     layout: OutputLayout, provenances: Mapping[str, Provenance], scan: OutputScan
 ) -> set[str]:
@@ -61,12 +49,11 @@ def indexed_complete(
     index = read_index(layout, candidates)
     if not index:
         return set()
-    parts = _parts_by_video(layout)
     complete = set()
     for video_id, entries in index.items():
         key = provenance_key(provenances[video_id])
         marker = scan.marker_prints.get(video_id)
-        listed = parts.get(video_id, {})
+        listed = scan.part_prints.get(video_id, {})
         if any(e.matches(key, marker, listed) for e in entries):
             complete.add(video_id)
     return complete
