@@ -28,7 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ANNOTATOR = "SegmentAnnotator"
+# The pool's actor class: PlanningAnnotator in the annotate job (SegmentAnnotator, its base,
+# in the evaluation job); Ray Data names the actor after it.
+ANNOTATORS = ("PlanningAnnotator", "SegmentAnnotator")
 JOB_TIMEOUT_S = 240
 
 
@@ -38,7 +40,8 @@ def _annotator_nodes() -> set[str]:
 
     nodes = set()
     for actor in ray._private.state.actors().values():
-        if ANNOTATOR in actor.get("ActorClassName", "") and actor["State"] == "ALIVE":
+        name = actor.get("ActorClassName", "")
+        if any(a in name for a in ANNOTATORS) and actor["State"] == "ALIVE":
             nodes.add(actor["Address"]["NodeID"])
     return nodes
 
