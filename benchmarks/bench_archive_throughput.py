@@ -18,6 +18,9 @@ Sides, each a fresh process (2 torch threads, OMP_WAIT_POLICY=PASSIVE, niced ali
   `surgray annotate` runs): it starts its own local Ray, plans, runs Ray Data's actor pool and
   finalizes; `model.precision` fp32 / fast, one actor (`num_cpus` 1, `torch_threads` =
   threads), one video per step.
+- `exact-ray-nice15` (only when named in `--sides`): `exact` with `RAY_worker_niceness=15`,
+  Ray's default worker priority, which the job used before it set its own workers to the
+  driver's priority: what that default costs on a shared machine, in the same run.
 Hole filling is off on every side: the reference's needs its CUDA extension and skips it on
 CPU, so the checkpoint's `prompting.fill_hole_area` is 0 for comparable masks.
 
@@ -39,7 +42,8 @@ Masks: compared with the reference's row by row (frame, object): `identical` mea
 agrees on >= 99.9% of its pixels.
 
     .venv/bin/python benchmarks/bench_archive_throughput.py                 # 8 x 48, 1 round
-    .venv/bin/python benchmarks/bench_archive_throughput.py --videos 2 --frames 24 --rounds 2
+    .venv/bin/python benchmarks/bench_archive_throughput.py --videos 2 --frames 20 --rounds 2 \
+        --sides reference,exact,fast,exact-ray-nice15                     # benchmarks/README 7
     .venv/bin/python benchmarks/bench_archive_throughput.py --quick         # micro, seconds
 """
 
@@ -48,6 +52,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -73,6 +78,9 @@ from proc_memory import TreeSampler  # noqa: E402
 add_repo_paths()
 SCRIPT = Path(__file__).resolve()
 SIDES = ("reference", "exact", "fast")
+# Optional side: exact mode with Ray's default worker priority (nice +15 relative to the
+# driver), what the job ran at before `connect_ray` set worker_niceness 0.
+NICE15 = "exact-ray-nice15"
 IDENTICAL = 0.999
 NICE = 5
 
@@ -236,8 +244,11 @@ def run_side(side: str, folder: Path, out: Path, args, env) -> dict:
     else:
         # `surgray annotate` as a user runs it on one machine: it starts its own local Ray
         # (GCS, raylet, workers: all children of this process, so all in the sampled tree).
-        cmd = [sys.executable, "-m", "surgray.annotate.cli", "--config",
-               str(folder / f"job-{side}.yaml"), "--num-cpus", str(args.threads),
+        config = folder / f"job-{'exact' if side == NICE15 else side}.yaml"
+        if side == NICE15:
+            env = {**env, "RAY_worker_niceness": "15"}
+        cmd = [sys.executable, "-m", "surgray.annotate.cli", "--config", str(config),
+               "--num-cpus", str(args.threads),
                "--ray-temp-dir", str(folder / f"ray-{out.name}"), "--output", str(out),
                "--quiet"]  # fmt: skip
     started = time.monotonic()
@@ -247,7 +258,11 @@ def run_side(side: str, folder: Path, out: Path, args, env) -> dict:
     try:
         text, _ = proc.communicate(timeout=args.timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        proc.send_signal(signal.SIGINT)  # the CLI shuts its Ray down on the way out
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
         sampler.stop()
         raise
     peak = sampler.stop()
@@ -341,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     args.frames = args.frames or (18 if args.quick else 48)
     args.size = args.size or args.image_size
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    if "reference" not in sides or set(sides) - set(SIDES):
-        parser.error(f"--sides: reference plus any of {', '.join(SIDES)}")
+    if "reference" not in sides or set(sides) - {*SIDES, NICE15}:
+        parser.error(f"--sides: reference plus any of {', '.join((*SIDES, NICE15))}")
     print(machine_line(args.threads), flush=True)
     load_start = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     env = {**child_env(args.threads), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
