@@ -82,6 +82,8 @@ def test_readme_cluster_sequence(tmp_path):
     )  # fmt: skip
     ports = {name: free_port() for name in names}
     low = free_port()
+    while any(low <= port <= low + 200 for port in ports.values()):  # Ray refuses overlaps
+        low = free_port()
     ports |= {"min-worker-port": low, "max-worker-port": low + 200}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTEST_"))}
     env |= {
