@@ -243,13 +243,14 @@ def run_side(side: str, folder: Path, out: Path, args, env) -> dict:
                "--out", str(out), "--threads", str(args.threads), "--result", str(result_path)]  # fmt: skip
     else:
         # `surgray annotate` as a user runs it on one machine: it starts its own local Ray
-        # (GCS, raylet, workers: all children of this process, so all in the sampled tree).
+        # (GCS, raylet, workers: all children of this process, so all in the sampled tree),
+        # in a short temp dir: Ray's socket paths must stay under 108 bytes.
         config = folder / f"job-{'exact' if side == NICE15 else side}.yaml"
         if side == NICE15:
             env = {**env, "RAY_worker_niceness": "15"}
         cmd = [sys.executable, "-m", "surgray.annotate.cli", "--config", str(config),
                "--num-cpus", str(args.threads),
-               "--ray-temp-dir", str(folder / f"ray-{out.name}"), "--output", str(out),
+               "--ray-temp-dir", tempfile.mkdtemp(prefix="r", dir=folder), "--output", str(out),
                "--quiet"]  # fmt: skip
     started = time.monotonic()
     proc = subprocess.Popen(["nice", "-n", str(NICE), *cmd], env=env, stdout=subprocess.PIPE,
@@ -371,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
             out = folder / f"out-{side}-{round_}"
             result = run_side(side, folder, out, args, env)
             runs.append((round_, side, result))
+            # Each run's figures as they come, so a later failure does not lose them.
+            brief = {k: v for k, v in result.items() if k not in ("cpu", "cpu_window")}
+            print(f"[archive] {json.dumps({'round': round_ + 1, 'side': side, **brief})}",
+                  file=sys.stderr, flush=True)  # fmt: skip
             if side not in masks:  # every round writes the same masks
                 masks[side] = read_masks(out)
             print(f"[archive] round {round_ + 1} {side}: {result['frames']} frames in "
