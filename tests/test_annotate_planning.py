@@ -190,3 +190,45 @@ def _unblock(fifo, job: threading.Thread) -> None:
         finally:
             os.close(handle)
         time.sleep(0.1)
+
+
+def test_outcomes_pass_the_annotator_and_the_collector_records_them_as_before(tmp_path, clip_video):
+    """Without Ray: planned rows -> PlanningAnnotator -> ResultCollector, as the pipeline."""
+    from surgray.annotate.driver import ResultCollector, local_work_rows, prepare_job
+    from surgray.annotate.planning_annotator import PlanningAnnotator
+
+    video, checkpoint = clip_video
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"\0not a video" * 50)
+    late = tmp_path / "late.mp4"
+    shutil.copy(video, late)
+    rows = [
+        {"video_uri": str(video), "video_id": "good", "prompts": _box()},
+        {"video_uri": str(garbage), "video_id": "garbage", "prompts": _box()},
+        {"video_uri": str(late), "video_id": "late", "prompts": _box(frame=FRAMES + 5)},
+    ]
+    plan = prepare_job(_config(tmp_path, rows, checkpoint))
+    annotator = PlanningAnnotator(plan.config)
+    results = annotator(pa.Table.from_pylist(local_work_rows(plan))).to_pylist()
+    assert [(r["video_id"], r["segment_index"]) for r in results] == [
+        ("good", 0),
+        ("garbage", -1),
+        ("late", -1),
+    ]
+    seen = []
+    collector = ResultCollector(plan, on_outcome=lambda o: seen.append((o.video_id, o.kind)))
+    for row in results:
+        collector.add(row)
+    assert seen == [("garbage", "unreadable"), ("late", "rejected")]
+    assert collector.add(results[0]) is None  # a second result of a finished video: ignored
+    outcome = collector.finish()
+    summary = outcome.summary
+    assert (summary.done, summary.failed, summary.rejected_rows) == (1, 1, 1)
+    layout = plan.layout
+    failed = json.loads(layout.read_bytes(layout.status_uri("garbage")))
+    assert failed["state"] == "failed" and "cannot read the video" in failed["error"]
+    rejected = json.loads(layout.read_bytes(f"{layout.prefix}/_rejected.json"))
+    assert [(r["row"], r["video_id"]) for r in rejected] == [(3, "late")]
+    assert layout.read_bytes(layout.status_uri("late")) is None  # rejected: no status, as before
+    # The run indexed nothing here (no writer given); the job passes one (pipeline.execute).
+    assert layout.read_bytes(layout.marker_uri("good")) is not None
