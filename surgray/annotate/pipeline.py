@@ -3,6 +3,7 @@ the planned work items -> results streamed back to the driver, which finalizes e
 its last segment arrives.
 
     ray.data.from_items(video_rows)             one row per pending video, PLAN_VIDEOS per block
+                                                (more when that would exceed PLAN_BLOCKS_MAX)
       .map_batches(plan_batch,                  probe, check prompts, cut into segments
                    compute=TaskPoolStrategy(PLAN_TASKS), num_cpus=0)
       .repartition(target_num_rows_per_block=K) streaming: K work items per block
@@ -61,6 +62,9 @@ from surgray.annotate.progress import PREFIX
 
 LOSS_ATTEMPTS = 3  # runs of a video whose actor was lost, the first one included
 PLAN_VIDEOS = 8  # videos per planning task: small, so the first work item comes soon
+# ... but at most this many blocks: `from_items` puts each block in the object store from the
+# driver, 12,500 of them for 100,000 videos cost about 20 s before anything runs (1,000: 3 s)
+PLAN_BLOCKS_MAX = 2000
 PLAN_TASKS = 4  # planning tasks at once (they wait on the store; see the docstring)
 
 
@@ -127,7 +131,7 @@ def build_dataset(
         remote_args["num_gpus"] = config.actors.num_gpus
     if streamed:
         settings = PlanSettings.from_config(config)
-        blocks = max(1, math.ceil(len(rows) / PLAN_VIDEOS))
+        blocks = max(1, min(math.ceil(len(rows) / PLAN_VIDEOS), PLAN_BLOCKS_MAX))
         dataset = (
             ray.data.from_items(rows, override_num_blocks=blocks)
             .map_batches(
