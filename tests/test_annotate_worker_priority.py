@@ -13,11 +13,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = """
-import os, sys, tempfile
+import os, shutil, sys, tempfile
 from surgray.annotate.pipeline import connect_ray
 import ray
 
-assert connect_ray(num_cpus=1, temp_dir=tempfile.mkdtemp(prefix="sgr-nice-", dir="/tmp"))
+temp_dir = tempfile.mkdtemp(prefix="sgr-nice-", dir="/tmp")  # short: Ray's socket paths
+assert connect_ray(num_cpus=1, temp_dir=temp_dir)
 
 @ray.remote(num_cpus=0.5)
 def priority():
@@ -27,6 +28,7 @@ try:
     print("PRIORITIES", os.getpriority(os.PRIO_PROCESS, 0), ray.get(priority.remote(), timeout=120))
 finally:
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 """
 
 
