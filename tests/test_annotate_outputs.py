@@ -13,18 +13,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from surgray.annotate.completion import check_complete, is_complete, prepare_rerun_by_content
 from surgray.annotate.manifest import VideoTask
 from surgray.annotate.outputs import (
     JobSummary,
     OutputLayout,
     SegmentResult,
     SegmentWriter,
-    check_complete,
     combine_segments,
     exit_code,
     finalize_video,
-    is_complete,
-    prepare_rerun,
     read_video_records,
     summarize,
 )
@@ -130,13 +128,13 @@ def test_crash_before_marker_is_incomplete_and_rerun_gives_rows_once(layout):
     run_segment(layout, "vid2", frames=range(3))  # crashed after writing two parts, no marker
     assert layout.part_names("vid2") and not is_complete(layout, "vid2", PROV_A)
     assert check_complete(layout, "vid2", PROV_A).reason == "no valid completion marker"
-    plan = prepare_rerun(layout, {"vid2": PROV_A})
+    plan = prepare_rerun_by_content(layout, {"vid2": PROV_A})
     assert (plan.pending, plan.skipped) == (("vid2",), ())
     assert layout.part_names("vid2") == []
     run_video(layout, "vid2")
     rows = stored_rows(layout, "vid2")
     assert len(rows) == 10 and {(r["frame_idx"], r["obj_id"]) for r in rows} == EXPECTED_KEYS
-    assert prepare_rerun(layout, {"vid2": PROV_A}).skipped == ("vid2",)
+    assert prepare_rerun_by_content(layout, {"vid2": PROV_A}).skipped == ("vid2",)
 
 
 def test_retried_segment_replaces_its_earlier_attempt(layout):
@@ -168,7 +166,7 @@ def test_marker_with_other_provenance_or_damaged_parts_is_not_complete(layout):
         check_complete(layout, "vid5", PROV_A).reason
         == "part part-00000-00000.parquet has 2 rows, the marker says 4"
     )
-    plan = prepare_rerun(layout, {"vid5": PROV_B})
+    plan = prepare_rerun_by_content(layout, {"vid5": PROV_B})
     assert plan.pending == ("vid5",) and layout.read_bytes(layout.marker_uri("vid5")) is None
     run_video(layout, "vid5", PROV_B)
     assert is_complete(layout, "vid5", PROV_B) and len(stored_rows(layout, "vid5")) == 10
@@ -260,12 +258,12 @@ def test_info_logs_and_records_name_videos_by_id_only(s3_server, tmp_path, caplo
             s3_server.make_bucket("annotate-outputs")
         probe = probe_task(task, storage=s3_server.storage)
         run_segment(layout, task.video_id, frames=range(2))
-        prepare_rerun(layout, {task.video_id: PROV_A})
+        prepare_rerun_by_content(layout, {task.video_id: PROV_A})
         bad = SegmentResult(task.video_id, 0, 1, error=probe.errors[0].reason)
         finalize_video(layout, combine_segments(task.video_id, [bad], PROV_A))
         failed_status = layout.read_bytes(layout.status_uri(task.video_id)).decode()
         run_video(layout, task.video_id)
-        prepare_rerun(layout, {task.video_id: PROV_A})
+        prepare_rerun_by_content(layout, {task.video_id: PROV_A})
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("surgray.annotate")]
     assert len(messages) >= 4 and all("video 3f9a1c0b7d2e4a65" in m for m in messages)
     assert "Smith" not in caplog.text and "archive/" not in caplog.text

@@ -18,13 +18,12 @@ import pytest
 from test_annotate_job import _config, _put_manifest, _row, archive  # noqa: F401  (fixture)
 from test_annotate_outputs import PROV_A, run_segment, run_video
 
+from surgray.annotate.completion import check_complete, prepare_rerun_by_content
 from surgray.annotate.outputs import (
     Marker,
     OutputLayout,
-    check_complete,
     combine_segments,
     finalize_video,
-    prepare_rerun,
     read_marker,
 )
 from surgray.io.storage import LOCAL
@@ -52,7 +51,7 @@ def test_part_rewritten_with_the_same_rows_is_found_and_the_video_redone(tmp_pat
     assert layout.part_content("vid", first.name)[0] == first.rows  # same row count
     state = check_complete(layout, "vid", PROV_A)
     assert not state.complete and "rewritten" in state.reason
-    plan = prepare_rerun(layout, {"vid": PROV_A})
+    plan = prepare_rerun_by_content(layout, {"vid": PROV_A})
     assert plan.pending == ("vid",) and layout.part_names("vid") == []
     redone = run_video(layout, "vid")
     assert check_complete(layout, "vid", PROV_A).complete
@@ -78,7 +77,7 @@ def test_missing_status_record_is_restored_and_summary_says_running(tmp_path):
     saved = layout.read_bytes(layout.status_uri("vid"))
     layout.put_bytes(layout.summary_uri, b'{"done": 8}')  # an earlier run's counts
     assert layout.remove(layout.status_uri("vid"))
-    plan = prepare_rerun(layout, {"vid": PROV_A, "new": PROV_A})
+    plan = prepare_rerun_by_content(layout, {"vid": PROV_A, "new": PROV_A})
     assert plan.skipped == ("vid",) and plan.pending == ("new",)
     assert layout.read_bytes(layout.status_uri("vid")) == saved
     summary = json.loads(layout.read_bytes(layout.summary_uri))

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from surgray.annotate.outputs import OutputLayout, SegmentWriter, finalize_video, reset_video
+from surgray.annotate.completion import reset_video
+from surgray.annotate.outputs import OutputLayout, SegmentWriter, finalize_video
 from surgray.annotate.provenance import Provenance
 from surgray.annotate.revisions import (
     RevisionConflict,

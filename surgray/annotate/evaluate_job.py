@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from surgray.annotate.completion import prepare_rerun_by_content
 from surgray.annotate.config import (
     ActorsConfig,
     AnnotateConfig,
@@ -32,7 +33,7 @@ from surgray.annotate.config import (
 from surgray.annotate.driver import JobPlan, JobSetupError, checkpoint_digest
 from surgray.annotate.eval_prompts import EvalItem, eval_items
 from surgray.annotate.logsafe import logger
-from surgray.annotate.outputs import OutputLayout, prepare_rerun
+from surgray.annotate.outputs import OutputLayout
 from surgray.annotate.provenance import canonical_json, sha256_text, video_provenance
 from surgray.annotate.revisions import read_latest_records
 from surgray.annotate.session import CLICKS_COLUMN, FRAME_COUNT_COLUMN
@@ -149,7 +150,7 @@ def plan_dataset(
         # The clicks' ground truth is not in the prompts, so it enters the config hash.
         item_hash = sha256_text(base + clicks)
         provenances[item.task.video_id] = video_provenance(item_hash, digest, item.task.prompts)
-    rerun = prepare_rerun(layout, provenances)
+    rerun = prepare_rerun_by_content(layout, provenances)
     for item in items:
         if item.task.video_id not in rerun.pending:
             continue

@@ -7,7 +7,7 @@ complete (skip them) and which must be redone (reset them).
 
 A video with a marker is complete without a request of its own when an index row matches the
 listing (provenance, marker and every part's size and tag). Every other video the prefix holds
-anything of gets the per-video check of `surgray.annotate.outputs` on `RERUN_THREADS` threads
+anything of gets the per-video check of `surgray.annotate.completion` on `RERUN_THREADS` threads
 (read the marker, list the parts, read them for their sha256); one that passes it is added to
 this run's index, so the next rerun finds it by listing. Videos with nothing under the prefix
 are pending without a request.
@@ -19,16 +19,10 @@ import json
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
+from surgray.annotate.completion import RERUN_THREADS, RerunPlan, rerun_one
 from surgray.annotate.logsafe import logger, video_label
 from surgray.annotate.output_scan import OutputScan, scan_outputs
-from surgray.annotate.outputs import (
-    RERUN_THREADS,
-    OutputLayout,
-    RerunPlan,
-    _rerun_one,
-    read_marker,
-    running_summary,
-)
+from surgray.annotate.outputs import OutputLayout, read_marker
 from surgray.annotate.provenance import Provenance
 from surgray.annotate.run_index import (
     IndexEntry,
@@ -37,6 +31,7 @@ from surgray.annotate.run_index import (
     provenance_key,
     read_index,
 )
+from surgray.annotate.status import running_summary
 
 
 def indexed_complete(
@@ -88,7 +83,7 @@ def prepare_rerun(
     verdicts: dict[str, bool] = {}
     if slow:
         with ThreadPoolExecutor(min(RERUN_THREADS, len(slow))) as pool:
-            checked = pool.map(lambda v: _rerun_one(layout, v, provenances[v], scan), slow)
+            checked = pool.map(lambda v: rerun_one(layout, v, provenances[v], scan), slow)
             verdicts = dict(zip(slow, checked))
     verified = [v for v in slow if verdicts[v]]
     if verified:

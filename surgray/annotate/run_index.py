@@ -13,7 +13,7 @@ A rerun lists `_index/`, reads those few files, lists `masks/` once (flat, one L
 thousand keys) and `_done/` once, and calls a video complete when an index row has the
 provenance the job would record now and every fingerprint still matches the listing: a part
 rewritten, added or removed since, or a marker replaced, changes a size or tag, and the video
-is checked the slow way (`surgray.annotate.outputs.check_complete`, which reads the parts and
+is checked the slow way (`surgray.annotate.completion.check_complete`, which reads the parts and
 compares their sha256) and redone if it is not intact. Videos no index row covers (outputs of
 older runs) take that slow path too.
 """
