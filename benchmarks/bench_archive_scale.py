@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,6 +53,8 @@ from common import (  # noqa: E402
 
 add_repo_paths()
 
+from devtools.loopback import start_moto, stop_process  # noqa: E402  (after add_repo_paths)
+
 SIZE = 64
 FRAMES = 6
 CLIPS = 2
@@ -64,34 +65,6 @@ PLAIN = dict(leave_and_return=False, occlusion=False, smoke=False, motion_blur=F
 
 
 # ------------------------------------------------------------------ the store
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_moto() -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            return proc, url
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto server did not start") from None
-            time.sleep(0.2)
-
-
 def bench_storage(endpoint: str):
     from surgray.io.storage import Storage
 
@@ -431,8 +404,7 @@ def main() -> int:
                 for n in sizes
             ]
     finally:
-        moto.terminate()
-        moto.wait(timeout=30)
+        stop_process(moto)
     print(f"\n{machine_line(1)}; {FRAMES}-frame clips of {SIZE} px, one box prompt each")
     table(results)
     return 0
