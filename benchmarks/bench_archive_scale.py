@@ -333,7 +333,7 @@ def _per_video(results: list[dict], index: int, seconds_of) -> float | None:
     (imports, the checkpoint, Ray) cancel out."""
     first, this = results[0], results[index]
     a, b = seconds_of(first), seconds_of(this)
-    if index == 0 or a is None or b is None:
+    if a is None or b is None or this["count"] == first["count"]:  # e.g. a size measured twice
         return None
     return (b - a) / (this["count"] - first["count"])
 

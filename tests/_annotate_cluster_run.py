@@ -31,7 +31,7 @@ from pathlib import Path
 # The pool's actor class: PlanningAnnotator in the annotate job (SegmentAnnotator, its base,
 # in the evaluation job); Ray Data names the actor after it.
 ANNOTATORS = ("PlanningAnnotator", "SegmentAnnotator")
-JOB_TIMEOUT_S = 240
+JOB_TIMEOUT_S = 420  # a loaded machine slows the node-loss run 3-4x (seen: 240 s was not enough)
 
 
 def _annotator_nodes() -> set[str]:
