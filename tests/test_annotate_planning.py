@@ -71,18 +71,25 @@ def _config(tmp_path, rows: list[dict], checkpoint, **changes) -> AnnotateConfig
     return AnnotateConfig.from_dict(data)
 
 
-def test_the_driver_opens_no_video_and_planning_finds_what_the_driver_found(tmp_path, clip_video):
-    from surgray.annotate.driver import local_work_rows, prepare_job
-
-    video, checkpoint = clip_video
+def _good_garbage_and_late(tmp_path, video) -> list[dict]:
+    """Manifest rows: a good video, bytes that are no video, and a prompt past the last frame."""
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"\0not a video" * 50)
     late = tmp_path / "late.mp4"
     shutil.copy(video, late)
-    rows = [
+    return [
         {"video_uri": str(video), "video_id": "good", "prompts": _box()},
         {"video_uri": str(garbage), "video_id": "garbage", "prompts": _box()},
         {"video_uri": str(late), "video_id": "late", "prompts": _box(frame=FRAMES + 5)},
+    ]
+
+
+def test_the_driver_opens_no_video_and_planning_finds_what_the_driver_found(tmp_path, clip_video):
+    from surgray.annotate.driver import local_work_rows, prepare_job
+
+    video, checkpoint = clip_video
+    rows = [
+        *_good_garbage_and_late(tmp_path, video),
         {"video_uri": str(tmp_path / "missing.mp4"), "video_id": "missing", "prompts": _box()},
     ]
     plan = prepare_job(_config(tmp_path, rows, checkpoint))
@@ -198,15 +205,7 @@ def test_outcomes_pass_the_annotator_and_the_collector_records_them_as_before(tm
     from surgray.annotate.planning_annotator import PlanningAnnotator
 
     video, checkpoint = clip_video
-    garbage = tmp_path / "garbage.mp4"
-    garbage.write_bytes(b"\0not a video" * 50)
-    late = tmp_path / "late.mp4"
-    shutil.copy(video, late)
-    rows = [
-        {"video_uri": str(video), "video_id": "good", "prompts": _box()},
-        {"video_uri": str(garbage), "video_id": "garbage", "prompts": _box()},
-        {"video_uri": str(late), "video_id": "late", "prompts": _box(frame=FRAMES + 5)},
-    ]
+    rows = _good_garbage_and_late(tmp_path, video)
     plan = prepare_job(_config(tmp_path, rows, checkpoint))
     annotator = PlanningAnnotator(plan.config)
     results = annotator(pa.Table.from_pylist(local_work_rows(plan))).to_pylist()
