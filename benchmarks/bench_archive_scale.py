@@ -304,20 +304,27 @@ def _peak_rss_of(pid: int) -> int | None:
 
 
 def measure(
-    endpoint: str, count: int, work: Path, *, index: bool = True, rerun_max: int | None = None
+    endpoint: str,
+    count: int,
+    work: Path,
+    *,
+    index: bool = True,
+    rerun_max: int | None = None,
+    run: int = 0,
 ) -> dict:
     manifest = write_archive(endpoint, count)
-    fresh = f"s3://{BUCKET}/out/fresh-{count}"
-    plan = run_prepare(endpoint, manifest, fresh, work, f"plan-{count}")
-    started = f"s3://{BUCKET}/out/first-{count}"
-    first, first_rss = first_frame(endpoint, manifest, started, work, f"first-{count}")
+    name = f"{count}-{run}"  # a size measured twice must not find the first run's outputs
+    fresh = f"s3://{BUCKET}/out/fresh-{name}"
+    plan = run_prepare(endpoint, manifest, fresh, work, f"plan-{name}")
+    started = f"s3://{BUCKET}/out/first-{name}"
+    first, first_rss = first_frame(endpoint, manifest, started, work, f"first-{name}")
     rerun = None
     if first is not None and (rerun_max is None or count <= rerun_max):
-        complete = f"s3://{BUCKET}/out/complete-{count}"
+        complete = f"s3://{BUCKET}/out/complete-{name}"
         clone_complete_video(endpoint, started, complete, count)
         if index:
             index_clones(endpoint, complete)
-        rerun = run_prepare(endpoint, manifest, complete, work, f"rerun-{count}")
+        rerun = run_prepare(endpoint, manifest, complete, work, f"rerun-{name}")
     return {
         "count": count,
         "plan": plan,
@@ -400,8 +407,15 @@ def main() -> int:
         setup_store(endpoint)
         with tempfile.TemporaryDirectory(prefix="bench-scale") as work:
             results = [
-                measure(endpoint, n, Path(work), index=not args.no_index, rerun_max=args.rerun_max)
-                for n in sizes
+                measure(
+                    endpoint,
+                    n,
+                    Path(work),
+                    index=not args.no_index,
+                    rerun_max=args.rerun_max,
+                    run=run,
+                )
+                for run, n in enumerate(sizes)
             ]
     finally:
         stop_process(moto)
