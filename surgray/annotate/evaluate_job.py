@@ -6,7 +6,8 @@ J, F, J&F, Dice and Challenge IoU (`surgray.eval`), one table per dataset.
 
 Per dataset, under `<output.prefix>/<dataset name>/`: the annotation layout (masks/, status/,
 _done/, so an interrupted run resumes), and eval_results.csv / eval_results.json. The table is
-printed. Prompts come from the ground truth (`surgray.annotate.eval_prompts`); a video that
+printed. A rerun skips complete videos by the run index (`surgray.annotate.rerun`), as the
+annotate job does. Prompts come from the ground truth (`surgray.annotate.eval_prompts`); a video that
 fails is scored with empty predictions (and reported), so failures cannot raise the score.
 """
 
@@ -21,7 +22,6 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from surgray.annotate.completion import prepare_rerun_by_content
 from surgray.annotate.config import (
     ActorsConfig,
     AnnotateConfig,
@@ -35,6 +35,7 @@ from surgray.annotate.eval_prompts import EvalItem, eval_items
 from surgray.annotate.logsafe import logger
 from surgray.annotate.outputs import OutputLayout
 from surgray.annotate.provenance import canonical_json, sha256_text, video_provenance
+from surgray.annotate.rerun import prepare_rerun
 from surgray.annotate.revisions import read_latest_records
 from surgray.annotate.session import CLICKS_COLUMN, FRAME_COUNT_COLUMN
 from surgray.annotate.status import EXIT_ALL_FAILED, EXIT_INVALID_CONFIG, EXIT_OK
@@ -150,7 +151,9 @@ def plan_dataset(
         # The clicks' ground truth is not in the prompts, so it enters the config hash.
         item_hash = sha256_text(base + clicks)
         provenances[item.task.video_id] = video_provenance(item_hash, digest, item.task.prompts)
-    rerun = prepare_rerun_by_content(layout, provenances)
+    # As the annotate job: videos a run index vouches for are skipped from listings alone
+    # (no GET of their own); the rest get the per-video content check, and are indexed.
+    rerun = prepare_rerun(layout, provenances)
     for item in items:
         if item.task.video_id not in rerun.pending:
             continue
