@@ -16,6 +16,10 @@ rewritten, added or removed since, or a marker replaced, changes a size or tag, 
 is checked the slow way (`surgray.annotate.completion.check_complete`, which reads the parts and
 compares their sha256) and redone if it is not intact. Videos no index row covers (outputs of
 older runs) take that slow path too.
+
+Every run adds files, so a rerun that reads more than `COMPACT_OVER` of them writes their
+entries as one file (the newest entry per video and provenance) and then removes the files it
+read (`compact_index`, which says why that is safe with other jobs at work on the prefix).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from surgray.annotate.provenance import Provenance
 INDEX_FOLDER = "_index"
 FLUSH_EVERY = 256  # videos per index file: a crash loses at most this many index rows
 FLUSH_SECONDS = 60.0  # and a slow job still writes its index as it goes
+COMPACT_OVER = 4  # a rerun that reads more index files than this writes them as one
 
 
 def provenance_key(provenance: Provenance) -> str:
@@ -193,22 +198,94 @@ def decode_entries(payload: bytes) -> list[IndexEntry]:
     ]
 
 
-def read_index(layout: OutputLayout, wanted: Iterable[str]) -> dict[str, list[IndexEntry]]:
-    """Video id -> its entries in every index file under the prefix (oldest file first),
-    for the videos in `wanted` only. A file that cannot be read is skipped, with a warning."""
-    wanted = set(wanted)
-    entries: dict[str, list[IndexEntry]] = {}
+def read_index_files(layout: OutputLayout) -> tuple[list[str], list[IndexEntry]]:
+    """(the names of the index files read, their entries, oldest file first). A file that
+    cannot be read (missing by now, half written, foreign) is skipped with a warning and is
+    not among the names, so compaction never removes it."""
+    names: list[str] = []
+    entries: list[IndexEntry] = []
     for name in sorted(layout.entries_in(INDEX_FOLDER)):
         if not name.endswith(".parquet"):
             continue
-        uri = f"{layout.prefix}/{INDEX_FOLDER}/{name}"
         try:
-            payload = layout.read_bytes(uri)
-            found = decode_entries(payload) if payload is not None else []
+            payload = layout.read_bytes(_index_uri(layout, name))
+            if payload is None:
+                continue
+            found = decode_entries(payload)
         except Exception as exc:
             logger.warning("index file %s ignored: %s", name, type(exc).__name__)
             continue
-        for entry in found:
-            if entry.video_id in wanted:
-                entries.setdefault(entry.video_id, []).append(entry)
+        names.append(name)
+        entries.extend(found)
+    return names, entries
+
+
+def read_index(
+    layout: OutputLayout, wanted: Iterable[str], *, compact_over: int | None = None
+) -> dict[str, list[IndexEntry]]:
+    """Video id -> its entries in every index file under the prefix (oldest file first),
+    for the videos in `wanted` only. A file that cannot be read is skipped, with a warning.
+
+    More than `compact_over` files read (`COMPACT_OVER` by default) are compacted into one
+    (`compact_index`). An entry may appear twice (a compaction interrupted before its
+    removals, or two at once): callers accept a video when any of its entries matches."""
+    wanted = set(wanted)
+    names, found = read_index_files(layout)
+    if len(names) > (COMPACT_OVER if compact_over is None else compact_over):
+        compact_index(layout, names, found)
+    entries: dict[str, list[IndexEntry]] = {}
+    for entry in found:
+        if entry.video_id in wanted:
+            entries.setdefault(entry.video_id, []).append(entry)
     return entries
+
+
+def _index_uri(layout: OutputLayout, name: str) -> str:
+    return f"{layout.prefix}/{INDEX_FOLDER}/{name}"
+
+
+def latest_entries(entries: Iterable[IndexEntry]) -> list[IndexEntry]:
+    """One entry per (video, provenance), the last one (entries oldest first): an earlier
+    entry of the same video made with the same provenance was superseded by its rerun."""
+    latest: dict[tuple[str, str], IndexEntry] = {}
+    for entry in entries:
+        latest.pop((entry.video_id, entry.provenance), None)  # keep the newest's position
+        latest[(entry.video_id, entry.provenance)] = entry
+    return list(latest.values())
+
+
+def compact_index(layout: OutputLayout, names: list[str], entries: list[IndexEntry]) -> str | None:
+    """Write `entries` (read from the files `names`, oldest first) as one file, then remove
+    those files, and only those. Returns the new file's URI, None when nothing changed.
+
+    Safe without a lock: the new file is complete before anything is removed, so a reader
+    at any moment finds every entry at least once (twice until the removals are done, or
+    for good if the job dies between); a file another job writes meanwhile is not among
+    `names` and stays; two compactions at once each write every entry they read and
+    remove only files whose entries they wrote. The new file is named after the newest file
+    it replaces (sorting just before it), so entries keep their order against files of
+    runs that compaction did not read."""
+    if len(names) < 2:
+        return None
+    last = names[-1].removesuffix(".parquet")
+    uri = _index_uri(layout, f"{last}.c{uuid.uuid4().hex[:8]}.parquet")
+    kept = latest_entries(entries)
+    try:
+        layout.put_bytes(uri, encode_entries(kept))
+    except Exception as exc:  # nothing removed: the index reads as before
+        logger.warning("index not compacted (%s not written): %s", uri, type(exc).__name__)
+        return None
+    removed = 0
+    for name in names:
+        try:
+            removed += layout.remove(_index_uri(layout, name))
+        except Exception as exc:  # a file left behind only repeats entries
+            logger.warning("index file %s not removed: %s", name, type(exc).__name__)
+    logger.info(
+        "run index compacted: %d files (%d entries) -> 1 file of %d entries, %d removed",
+        len(names),
+        len(entries),
+        len(kept),
+        removed,
+    )
+    return uri
