@@ -6,15 +6,30 @@ frame of every video still running and steps them all with one `Tracker.step_man
 batched image-encoder forward). A video that fails (unreadable, corrupt mid-way, a prompt that
 does not fit) drops out with an error result; the others go on.
 
+Concurrent calls (`actors.concurrent_videos` = N > 1). Ray Data then calls `__call__` from N
+threads at once (`surgray.annotate.pipeline.build_dataset`), each with its own batch, all on
+the actor's one model: torch ops release the GIL, so on CPU N videos on one torch thread each
+go faster than one video on N threads (benchmarks/README.md). What the calls share is made
+safe here: each call sets its own thread's torch thread count (OpenMP's count is per calling
+thread; `threads_per_call`); the lazy text-encoder load and text encoding (the tokenizer is
+not thread-safe) take a lock, and so does the user's skip hook (it need not be thread-safe).
+Everything else a call mutates is its own: `VideoRun`, the tracker's `VideoState`, the
+writers. The model is read-only in inference mode; its cached position and RoPE tables are
+filled with a check-then-set that at worst builds the same table twice. A failed video is a
+failed result of its own call, as with N = 1; a lost actor loses all N calls, which the driver
+runs again (`surgray.annotate.pipeline`).
+
 Ray-free: Ray Data constructs it with `fn_constructor_kwargs` and calls it with a pyarrow
 Table of work rows, but it works the same when called directly (tests, `annotate_rows`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from surgray.annotate.config import AnnotateConfig
@@ -31,6 +46,21 @@ def _torch_threads(config: AnnotateConfig) -> int:
     # Ray sets OMP_NUM_THREADS from num_cpus, but a reused worker keeps the thread count of
     # its first task, so the count is set explicitly.
     return max(1, int(config.actors.num_cpus))
+
+
+def threads_per_call(config: AnnotateConfig) -> int:
+    """Torch threads of each of the actor's concurrent calls: the actor's total split over
+    `actors.concurrent_videos`, at least 1 each."""
+    return max(1, _torch_threads(config) // config.actors.concurrent_videos)
+
+
+def _serialized(function: Callable[..., Any], lock: threading.Lock) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return function(*args, **kwargs)
+
+    return locked
 
 
 def _is_referring(model: Any) -> bool:
@@ -79,12 +109,22 @@ class SegmentAnnotator:
 
         logging.getLogger("surgray").setLevel(logging.INFO)
         self.config = config
+        self.concurrent = config.actors.concurrent_videos
+        self._call_threads = threads_per_call(config)
+        self._text_lock = threading.Lock()
         torch.set_num_threads(_torch_threads(config))
         if device is None:
             device = "cuda" if config.actors.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         storage = config.storage.build()
         model = load_model(config, device, storage=storage)
         self._text_encoder_loaded = False
+        if self.concurrent > 1 and _is_referring(model):
+            # The text tower's tokenizer and cache are not thread-safe; text is encoded once per
+            # expression and searching frame, a small share of a frame's time.
+            model.encode_text = _serialized(model.encode_text, threading.Lock())
+        skip_hook = load_skip_hook(config.frames.skip_hook)
+        if skip_hook is not None and self.concurrent > 1:
+            skip_hook = _serialized(skip_hook, threading.Lock())
         tracker = Tracker(
             model,
             {"name": config.model.policy, **config.model.policy_options},
@@ -97,25 +137,34 @@ class SegmentAnnotator:
             storage=storage,
             stride=config.frames.stride,
             target_fps=config.frames.target_fps,
-            skip_hook=load_skip_hook(config.frames.skip_hook),
+            skip_hook=skip_hook,
             rows_per_part=config.output.rows_per_part,
             text_ready=self._ensure_text_encoder if _is_referring(model) else None,
         )
-        logger.info("annotator ready in process %d on %s", os.getpid(), device)
+        logger.info(
+            "annotator ready in process %d on %s (%d concurrent videos)",
+            os.getpid(),
+            device,
+            self.concurrent,
+        )
 
     def _ensure_text_encoder(self) -> None:
-        """Load the CLIP text encoder on the first text-prompted work item, once per actor."""
+        """Load the CLIP text encoder on the first text-prompted work item, once per actor
+        (under a lock: concurrent calls may ask at the same time)."""
         if self._text_encoder_loaded:
             return
-        model = self.context.tracker.model
-        if model.text_encoder is None:
-            if model.referring_cfg.text_encoder is None:
-                raise ValueError(
-                    "text prompts need a CLIP text encoder: set model.text_encoder in the "
-                    "config (the checkpoint names none)"
-                )
-            model.load_text_encoder(storage=self.context.storage)
-        self._text_encoder_loaded = True
+        with self._text_lock:
+            if self._text_encoder_loaded:
+                return
+            model = self.context.tracker.model
+            if model.text_encoder is None:
+                if model.referring_cfg.text_encoder is None:
+                    raise ValueError(
+                        "text prompts need a CLIP text encoder: set model.text_encoder in the "
+                        "config (the checkpoint names none)"
+                    )
+                model.load_text_encoder(storage=self.context.storage)
+            self._text_encoder_loaded = True
 
     def __call__(self, batch: Any) -> Any:
         """A pyarrow Table (or list of row dicts) of work rows -> a Table of result rows."""
@@ -124,6 +173,11 @@ class SegmentAnnotator:
 
     def annotate_rows(self, rows: Iterable[Mapping[str, Any]]) -> list[SegmentResult]:
         """Track the work items of `rows` together; one result per row, in row order."""
+        if self.concurrent > 1:
+            import torch
+
+            # Per calling thread: Ray runs concurrent calls on threads of its own pool.
+            torch.set_num_threads(self._call_threads)
         runs: list[VideoRun] = []
         results: dict[int, SegmentResult] = {}
         for position, row in enumerate(rows):

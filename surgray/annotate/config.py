@@ -105,6 +105,11 @@ class ActorsConfig(_Section):
     num_cpus: float = Field(0.5, gt=0)
     num_gpus: float = Field(0.0, ge=0)
     torch_threads: int | None = Field(None, ge=1)
+    # Work items each actor tracks at once, each in its own thread on the actor's one model
+    # (`surgray.annotate.actor`). The throughput route on CPU: N = the actor's CPUs with one
+    # torch thread each beats one video on N torch threads (benchmarks/README.md). Frames in
+    # flight grow to actors x N x K. Keep 1 on GPU.
+    concurrent_videos: int = Field(1, ge=1)
 
     @field_validator("num_gpus")
     @classmethod

@@ -10,9 +10,10 @@ its last segment arrives.
       .map_batches(PlanningAnnotator,           each actor loads the model once
                    batch_size=K,                K = batching.videos_per_step, stepped together
                    compute=ActorPoolStrategy(size=actors.count,
-                                             max_tasks_in_flight_per_actor=1),
+                                             max_tasks_in_flight_per_actor=N, ...),
                    num_cpus=actors.num_cpus,    fractional: read tasks are never starved
-                   num_gpus=actors.num_gpus)
+                   num_gpus=actors.num_gpus)    N = actors.concurrent_videos calls at once,
+                                                each in its own thread on the actor's model
       .iter_rows()                              SegmentResult rows, in completion order
 
 Planning is per video and runs in the pipeline (`surgray.annotate.plan_stage`), so the actors
@@ -24,8 +25,11 @@ Work rows that are already planned (the evaluation job) skip the planning step.
 
 Bounded memory (issue 23, item 2): decoded frames never enter the object store. Each actor
 decodes its own videos' frames (`surgray.annotate.session`), one frame per video in its batch
-at a time, and runs one task at a time (`max_tasks_in_flight_per_actor=1`), so the frames in
-flight are at most actors x K, whatever the archive's size. What waits in the object store
+at a time, and runs at most N tasks at a time (`max_tasks_in_flight_per_actor=N`, N =
+`actors.concurrent_videos`, 1 by default), so the frames in flight are at most actors x N x K,
+whatever the archive's size. Each of an actor's N calls also holds its videos' tracker states
+(the memory bank: a few MB per object at 512 on CPU), so N multiplies that too; the model's
+weights are shared by the N calls. What waits in the object store
 ahead of the pool are planned work rows (a few hundred bytes each), held back by Ray Data's
 backpressure: the planning operator stops launching tasks when its object-store budget is
 used (ResourceBudgetBackpressurePolicy, `DataContext.execution_options.resource_limits`) or
@@ -118,7 +122,7 @@ def build_dataset(
     planned in the pipeline when `streamed`, else work rows as they are. `annotator_kwargs` go
     to the annotator besides the config."""
     import ray
-    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+    from ray.data import TaskPoolStrategy
 
     from surgray.annotate.actor import SegmentAnnotator
     from surgray.annotate.plan_stage import PlanSettings, plan_batch
@@ -158,11 +162,26 @@ def build_dataset(
             annotator,
             batch_size=per_step,
             batch_format="pyarrow",
-            compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
+            compute=actor_pool(actors, config.actors.concurrent_videos),
             fn_constructor_kwargs={"config": config, **(annotator_kwargs or {})},
             max_restarts=0,
             **remote_args,
         )
+
+
+def actor_pool(size: int, concurrent: int) -> Any:
+    """The pool's strategy: one call at a time per actor, or `concurrent` calls each in a
+    thread of its own (Ray's threaded actor; `surgray.annotate.actor` makes them safe)."""
+    from ray.data import ActorPoolStrategy
+
+    if concurrent == 1:
+        return ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1)
+    return ActorPoolStrategy(
+        size=size,
+        max_tasks_in_flight_per_actor=concurrent,
+        max_concurrent_calls_per_actor=concurrent,
+        enable_true_multi_threading=True,
+    )
 
 
 def execute(
