@@ -17,7 +17,12 @@ Sides, each a fresh process (2 torch threads, OMP_WAIT_POLICY=PASSIVE, niced ali
   own entry point (`python -m surgray.annotate.cli --config ... --num-cpus <threads>`, what
   `surgray annotate` runs): it starts its own local Ray, plans, runs Ray Data's actor pool and
   finalizes; `model.precision` fp32 / fast, one actor (`num_cpus` 1, `torch_threads` =
-  threads), one video per step.
+  threads), one video per step, `--concurrent-videos` N work items at once in the actor
+  (`actors.concurrent_videos`; default: threads, the recommended CPU setting, so each video
+  runs on one torch thread).
+- `exact-serial` / `fast-serial` (only when named in `--sides`): the same with
+  `actors.concurrent_videos` 1 (the job's default: one video at a time on all the threads),
+  to show what the concurrent videos bring, in the same run.
 - `exact-ray-nice15` (only when named in `--sides`): `exact` with `RAY_worker_niceness=15`,
   Ray's default worker priority, which the job used before it set its own workers to the
   driver's priority: what that default costs on a shared machine, in the same run.
@@ -45,6 +50,8 @@ agrees on >= 99.9% of its pixels.
     .venv/bin/python benchmarks/bench_archive_throughput.py --videos 2 --frames 20 --rounds 2 \
         --sides reference,exact,fast,exact-ray-nice15                     # benchmarks/README 7
     .venv/bin/python benchmarks/bench_archive_throughput.py --quick         # micro, seconds
+    .venv/bin/python benchmarks/bench_archive_throughput.py --rounds 2 \
+        --sides reference,exact,fast,exact-serial,fast-serial               # issue 26, N vs 1
 """
 
 from __future__ import annotations
@@ -81,6 +88,8 @@ SIDES = ("reference", "exact", "fast")
 # Optional side: exact mode with Ray's default worker priority (nice +15 relative to the
 # driver), what the job ran at before `connect_ray` set worker_niceness 0.
 NICE15 = "exact-ray-nice15"
+# Optional sides: the job with one video at a time per actor (actors.concurrent_videos 1).
+SERIAL = ("exact-serial", "fast-serial")
 IDENTICAL = 0.999
 NICE = 5
 
@@ -139,7 +148,9 @@ def prepare(folder: Path, args) -> None:
     model.load_state_dict(state, strict=True)
     save_checkpoint(model, str(folder / "model.pt"))
     (folder / "config.json").write_text(cfg.model_dump_json())
-    for side, precision in (("exact", "fp32"), ("fast", "fast")):
+    jobs = [("exact", "fp32", args.concurrent_videos), ("fast", "fast", args.concurrent_videos),
+            ("exact-serial", "fp32", 1), ("fast-serial", "fast", 1)]  # fmt: skip
+    for side, precision, concurrent in jobs:
         job = {
             "inputs": {"manifest": str(folder / "manifest.jsonl")},
             "output": {"prefix": str(folder / "out-placeholder")},  # --output per run
@@ -150,7 +161,12 @@ def prepare(folder: Path, args) -> None:
                 "policy": "recent",
                 "precision": precision,
             },
-            "actors": {"count": 1, "num_cpus": 1, "torch_threads": args.threads},
+            "actors": {
+                "count": 1,
+                "num_cpus": 1,
+                "torch_threads": args.threads,
+                "concurrent_videos": concurrent,
+            },
             "batching": {"videos_per_step": args.videos_per_step},
             "privacy": {"hash_video_ids": False},
             "exports": ["parquet"],
@@ -339,6 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions")
     parser.add_argument("--videos-per-step", type=int, default=1, help="the job's K")
+    parser.add_argument(
+        "--concurrent-videos",
+        type=int,
+        default=None,
+        help="the job's actors.concurrent_videos (default: --threads, one torch thread each)",
+    )
     parser.add_argument("--sides", default=",".join(SIDES))
     parser.add_argument("--timeout", type=float, default=7200, help="seconds per run")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -356,9 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     args.videos = args.videos or (2 if args.quick else 8)
     args.frames = args.frames or (18 if args.quick else 48)
     args.size = args.size or args.image_size
+    args.concurrent_videos = args.concurrent_videos or args.threads
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    if "reference" not in sides or set(sides) - {*SIDES, NICE15}:
-        parser.error(f"--sides: reference plus any of {', '.join((*SIDES, NICE15))}")
+    if "reference" not in sides or set(sides) - {*SIDES, NICE15, *SERIAL}:
+        parser.error(f"--sides: reference plus any of {', '.join((*SIDES, NICE15, *SERIAL))}")
     print(machine_line(args.threads), flush=True)
     load_start = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     env = {**child_env(args.threads), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -429,7 +452,8 @@ def print_tables(args, sides, runs, masks) -> None:
     title = (
         f"Archive throughput: {args.videos} videos x {args.frames} frames at {args.size}x"
         f"{args.size}, {args.objects} box-prompted objects, {args.variant} at {args.image_size}px,"
-        f" random weights (seed {args.seed}), {args.threads} threads, {args.rounds} round(s)"
+        f" random weights (seed {args.seed}), {args.threads} threads, {args.rounds} round(s);"
+        f" the job's actor runs {args.concurrent_videos} videos at once (`-serial`: 1)"
     )
     header = ["side", "frames", "wall s", "frames/s", "vs reference", "process s",
               "peak tree RSS MB", "peak tree PSS MB", "largest process RSS MB", "processes", "CPU s (tree)",
