@@ -7,7 +7,8 @@ process). The same archive is annotated three times:
   be those of the single-node run, row for row;
 - on the cluster again, SIGKILLing one worker node's processes while a video is in flight on
   it: the job must exit 0 with every (video, frame, object) row exactly once and no frame
-  missing, the lost videos redone elsewhere.
+  missing, the lost videos redone elsewhere, in exactly one re-run whose fresh pool is not
+  placed on the dead node (`surgray.annotate.node_loss`).
 """
 
 from __future__ import annotations
@@ -155,6 +156,11 @@ def test_a_lost_worker_node_loses_no_video_and_duplicates_no_row(cluster_runs, s
     assert lost["killed"], f"the node was never killed: {lost}"
     assert lost["in_flight_at_kill"], lost
     assert lost["exit"] == 0, lost["log"]
+    # Exactly one re-run: its fresh pool waited for the lost node to be marked dead (or kept
+    # off it), so no actor of it was placed on the dead node and lost again.
+    assert "(run 2 of at most" in lost["log"], lost["log"]
+    assert "(run 3 of at most" not in lost["log"] and "given up" not in lost["log"], lost["log"]
+    assert "lost node(s) dead" in lost["log"], lost["log"]
     keys = _every_key_once(killed_out)
     assert len(keys) == len(set(keys)), "duplicate (video, frame, object) rows"
     expected_rows = _mask_rows(single_node)

@@ -45,7 +45,10 @@ pool actor its transform and context as object-store references, and Ray logs an
 every restartable actor built from such arguments (ray-project/ray#53727). Instead the driver
 runs the videos that were not finished again, whole, in a fresh pool (`LOSS_ATTEMPTS` runs in
 all): part files are named by segment, so a re-run segment replaces what the lost actor left,
-and the collector drops the results it held of those videos. `map_batches` with a fixed
+and the collector drops the results it held of those videos. Before the fresh pool starts,
+the driver waits (bounded by the GCS's health-check window) until the node it lost actors on
+is marked dead, keeps it out of placement if it is not by then, and sizes the pool to the
+CPUs left (`surgray.annotate.node_loss`). `map_batches` with a fixed
 batch size serves both K = 1 and K > 1, with one Arrow schema for the results.
 Ray is imported here only, inside functions.
 """
@@ -195,6 +198,7 @@ def execute(
 
     Prints one line per finished video (`surgray.annotate.progress`); Ray Data's progress
     bars only with `progress_bars`."""
+    from surgray.annotate.node_loss import cpus_left, fit_pool, placement_excluding
     from surgray.annotate.progress import VideoProgress
     from surgray.annotate.progress import progress_bars as ray_data_bars
     from surgray.annotate.run_index import IndexWriter
@@ -219,16 +223,21 @@ def execute(
         return collector.finish()
     progress.start(skipped=len(plan.skipped))
     pending = list(plan.rows)
+    excluded: set[str] = set()  # lost nodes the GCS still listed alive (see node_loss)
+    config = plan.config  # a re-run's pool is sized to the nodes left
     with ray_data_bars(progress_bars):
         for attempt in range(1, LOSS_ATTEMPTS + 1):
-            dataset = build_dataset(pending, plan.config, annotator_kwargs, streamed=plan.streamed)
             try:
-                for row in dataset.iter_rows():
-                    status = collector.add(row)
-                    if status is not None:
-                        progress.video_done(
-                            status.video_id, status.state, status.frames, collector.frames_done
-                        )
+                with placement_excluding(excluded):
+                    dataset = build_dataset(
+                        pending, config, annotator_kwargs, streamed=plan.streamed
+                    )
+                    for row in dataset.iter_rows():
+                        status = collector.add(row)
+                        if status is not None:
+                            progress.video_done(
+                                status.video_id, status.state, status.frames, collector.frames_done
+                            )
                 break
             except _loss_errors() as exc:
                 collector.forget_unfinished()
@@ -245,7 +254,32 @@ def execute(
                     f"running the {videos} unfinished videos again "
                     f"(run {attempt + 1} of at most {LOSS_ATTEMPTS})"
                 )
+                excluded |= _keep_off_lost_nodes(exc, progress)
+                # Streamed plans have a repartition task that needs a CPU beside the pool.
+                spare = 1.0 if plan.streamed else 0.0
+                config = fit_pool(plan.config, cpus_left(excluded), spare_cpus=spare)
+                if config.actors.count < plan.config.actors.count:
+                    progress.write(
+                        f"{PREFIX} {config.actors.count} actor(s) fit the nodes left "
+                        f"(of {plan.config.actors.count})"
+                    )
     return collector.finish()
+
+
+def _keep_off_lost_nodes(exc: BaseException, progress: Any) -> set[str]:
+    """Wait (bounded) until the GCS marks the nodes `exc` lost actors on dead, so the fresh
+    pool cannot be placed there; returns those still listed alive, to exclude from placement
+    (`surgray.annotate.node_loss`)."""
+    from surgray.annotate.node_loss import settle_after_loss
+
+    lost, still, waited = settle_after_loss(exc)
+    if lost:
+        alive = f"; {len(still)} still listed alive, kept out of placement" if still else ""
+        progress.write(
+            f"{PREFIX} waited {waited:.1f} s for the cluster to mark "
+            f"{len(lost)} lost node(s) dead{alive}"
+        )
+    return still
 
 
 def _loss_errors() -> tuple[type[BaseException], ...]:

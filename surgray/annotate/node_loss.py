@@ -1,0 +1,188 @@
+"""After a lost actor: keep the fresh pool of the re-run off the node that was lost.
+
+When a worker node dies, the driver may hear of its lost actor before the GCS has marked the
+node dead: the GCS decides that by health checks of the node's raylet, and a node counts as
+dead only after `health_check_failure_threshold` checks in a row failed, one every
+`health_check_period_ms`, each allowed `health_check_timeout_ms` (Ray's system config, set
+with `RAY_health_check_*` environment variables on the head node; 5 x 3 s, 10 s by default).
+Until then the scheduler still places actors on it, and a fresh pool started at once could
+put an actor there and lose it again (seen once: it cost one of the job's `LOSS_ATTEMPTS`).
+
+So before the re-run the driver
+1. finds the nodes it lost actors on: the actor id in Ray's error (and in its causes), looked
+   up in the GCS actor table, gives the node the actor was placed on;
+2. waits, at most `health_check_window_s()`, until the GCS lists those nodes as dead;
+3. excludes the nodes still listed alive after that from the re-run's placement, by a label
+   selector on Ray's built-in `ray.io/node-id` label (`DataContext.execution_options.
+   label_selector`, which Ray Data merges into every operator's remote args, actor pool
+   included), so a node that is only slow to be declared dead gets no new actor.
+
+4. sizes the fresh pool to the nodes left (`fit_pool`): a pool sized for the whole cluster
+   takes every CPU of the survivors, and the pipeline's streaming repartition task (one CPU,
+   which Ray Data gives no way to lower) then waits forever behind it: the re-run hung.
+
+Everything here only reads cluster state; none of it raises (a lookup that fails finds no
+node, and the re-run starts as before).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from surgray.annotate.config import AnnotateConfig
+from surgray.annotate.logsafe import logger
+
+NODE_ID_LABEL = "ray.io/node-id"  # every Ray node carries its id as this label
+POLL_S = 0.5
+# Ray's defaults for the GCS's health checks of a node (ray/_private/ray_config_def.h)
+HEALTH_CHECK_DEFAULTS_MS = {"period": 3000, "timeout": 10000, "failure_threshold": 5}
+MARGIN_S = 5.0  # the GCS publishes the death after its last failed check
+
+
+def health_check_window_s(environ: Mapping[str, str] | None = None) -> float:
+    """How long the GCS may take to mark a dead node dead: `failure_threshold` checks one
+    `period` apart, the last allowed its `timeout`, plus a margin. Read from the same
+    `RAY_health_check_*` variables Ray reads (meaningful when the driver runs with the head's
+    environment, as under `ray job submit`), else Ray's defaults: 3 s x 5 + 10 s + 5 s = 30 s."""
+    environ = os.environ if environ is None else environ
+
+    def value(name: str) -> float:
+        raw = environ.get(
+            f"RAY_health_check_{name}" + ("_ms" if name != "failure_threshold" else "")
+        )
+        try:
+            return float(raw) if raw else float(HEALTH_CHECK_DEFAULTS_MS[name])
+        except ValueError:
+            return float(HEALTH_CHECK_DEFAULTS_MS[name])
+
+    period_s, timeout_s = value("period") / 1000, value("timeout") / 1000
+    return value("failure_threshold") * period_s + timeout_s + MARGIN_S
+
+
+def _errors_in(exc: BaseException | None) -> Iterator[BaseException]:
+    """The error and its causes (Ray Data may wrap the actor's error), each once."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def lost_actor_ids(exc: BaseException) -> list[str]:
+    ids = []
+    for error in _errors_in(exc):
+        actor_id = getattr(error, "actor_id", None)
+        if isinstance(actor_id, str) and actor_id and actor_id not in ids:
+            ids.append(actor_id)
+    return ids
+
+
+def lost_nodes(exc: BaseException) -> set[str]:
+    """Node ids (hex) of the actors the error says were lost, from the GCS actor table."""
+    import ray
+
+    nodes = set()
+    for actor_id in lost_actor_ids(exc):
+        try:
+            info: Any = ray._private.state.actors(actor_id=actor_id)
+        except Exception as exc_lookup:  # a lookup that fails finds nothing, never raises
+            logger.debug("actor %s not looked up: %s", actor_id, type(exc_lookup).__name__)
+            continue
+        node = ((info or {}).get("Address") or {}).get("NodeID")
+        if node and set(node) != {"f"}:  # not the nil id of an actor never placed
+            nodes.add(node)
+    return nodes
+
+
+def alive_nodes() -> set[str]:
+    """Node ids the GCS lists as alive now."""
+    import ray
+
+    return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+
+
+def await_marked_dead(
+    nodes: set[str], timeout_s: float, *, poll_s: float = POLL_S
+) -> tuple[set[str], float]:
+    """Wait until the GCS lists none of `nodes` alive, at most `timeout_s`; returns the ones
+    still listed alive and the seconds waited."""
+    start = time.monotonic()
+    still = set(nodes)
+    while still:
+        try:
+            still &= alive_nodes()
+        except Exception as exc:  # the GCS not answering: nothing to wait for
+            logger.debug("node list not read: %s", type(exc).__name__)
+            break
+        if not still or time.monotonic() - start >= timeout_s:
+            break
+        time.sleep(poll_s)
+    return still, time.monotonic() - start
+
+
+def exclusion_selector(nodes: set[str]) -> dict[str, str]:
+    """A label selector that keeps tasks and actors off `nodes` (empty: no constraint)."""
+    if not nodes:
+        return {}
+    return {NODE_ID_LABEL: "!in(" + ",".join(sorted(nodes)) + ")"}
+
+
+@contextmanager
+def placement_excluding(nodes: set[str]) -> Iterator[None]:
+    """Within the block, Ray Data places no task or actor on `nodes` (restored after)."""
+    from ray.data import DataContext
+
+    options = DataContext.get_current().execution_options
+    before = options.label_selector
+    if nodes:
+        options.label_selector = {**(before or {}), **exclusion_selector(nodes)}
+    try:
+        yield
+    finally:
+        options.label_selector = before
+
+
+def settle_after_loss(
+    exc: BaseException, timeout_s: float | None = None
+) -> tuple[set[str], set[str], float]:
+    """(nodes the error lost actors on, those of them still listed alive after waiting, the
+    seconds waited): what the re-run must keep off (see the module docstring)."""
+    lost = lost_nodes(exc)
+    if not lost:
+        return set(), set(), 0.0
+    window = health_check_window_s() if timeout_s is None else timeout_s
+    still, waited = await_marked_dead(lost, window)
+    return lost, still, waited
+
+
+def cpus_left(excluded: set[str]) -> float | None:
+    """CPUs of the nodes the GCS lists alive, less `excluded`; None if unknown."""
+    import ray
+
+    try:
+        nodes = ray.nodes()
+    except Exception:
+        return None
+    return sum(
+        float((n.get("Resources") or {}).get("CPU", 0.0))
+        for n in nodes
+        if n.get("Alive") and n["NodeID"] not in excluded
+    )
+
+
+def fit_pool(config: AnnotateConfig, cpus: float | None, *, spare_cpus: float) -> AnnotateConfig:
+    """`config` with at most as many actors as `cpus` hold with `spare_cpus` left for the
+    pipeline's other tasks (at least one actor; unchanged when the CPUs are unknown or the
+    actors ask for none)."""
+    need = config.actors.num_cpus
+    if cpus is None or need <= 0:
+        return config
+    fits = max(1, int((cpus - spare_cpus) // need))
+    if fits >= config.actors.count:
+        return config
+    actors = config.actors.model_copy(update={"count": fits})
+    return config.model_copy(update={"actors": actors})
