@@ -5,6 +5,8 @@ queries [1, 1, 1024, 256] (one frame, shared by the objects) and keys [3, 1, 723
 (7 memory maps of 32x32 tokens, then 64 object-pointer tokens left unrotated). Sides:
 
 - `surgray`: `AxialRotaryEmbedding.rotate` (complex product written into one buffer).
+- `surgray, in place`: the same with `inplace=True`, as `RoPEAttention` calls it at inference
+  (rotated repeatedly here: a rotation keeps the values' size, so the timing is unaffected).
 - `surgray, previous kernel`: the strided real-form kernel it replaced (kept here only to
   measure against; same bits).
 - `surgray, real form`: `AxialRotaryEmbedding.rotate_real`, the general path (other dtypes).
@@ -85,6 +87,13 @@ def main() -> None:
             k, side, side, repeat=maps, num_exclude=pointers
         )
 
+    owned_q, owned_k = q.clone(), k.clone()
+
+    def ours_inplace():  # as RoPEAttention at inference: the projections' outputs are its own
+        return rope.rotate(owned_q, side, side, inplace=True), rope.rotate(
+            owned_k, side, side, repeat=maps, num_exclude=pointers, inplace=True
+        )
+
     def previous():
         return previous_kernel(q, cos, sin, 1, tokens), previous_kernel(k, cos, sin, maps, num_rot)
 
@@ -99,6 +108,7 @@ def main() -> None:
 
     sides = {
         "surgray": ours,
+        "surgray, in place (inference)": ours_inplace,
         "surgray, previous kernel": previous,
         "surgray, real form": real_form,
         "reference (sam2)": reference,

@@ -85,3 +85,18 @@ def test_odd_storage_offset_takes_the_real_form():
         torch.testing.assert_close(
             rope.rotate(x, 2, 2), rope.rotate_real(x, 2, 2, 1, 4), rtol=0, atol=0
         )
+
+
+def test_inplace_rotation_overwrites_only_when_autograd_is_off():
+    rope = AxialRotaryEmbedding(16)
+    x = torch.randn(2, 1, 4 * 2 + 3, 16, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected = rope.rotate_real(x, 2, 2, 2, 8)
+        owned = x.clone()
+        out = rope.rotate(owned, 2, 2, repeat=2, num_exclude=3, inplace=True)
+    assert out.data_ptr() == owned.data_ptr()
+    assert torch.equal(out, expected)
+    leaf = x.clone().requires_grad_(True)
+    out = rope.rotate(leaf, 2, 2, repeat=2, num_exclude=3, inplace=True)
+    assert out.data_ptr() != leaf.data_ptr() and torch.equal(leaf.detach(), x)
+    torch.testing.assert_close(out.detach(), expected, rtol=0, atol=0)

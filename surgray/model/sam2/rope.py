@@ -76,12 +76,15 @@ class AxialRotaryEmbedding:
         width: int,
         repeat: int = 1,
         num_exclude: int = 0,
+        inplace: bool = False,
     ) -> torch.Tensor:
         """Rotate `x` [..., L, head_dim] by token position.
 
         `repeat`: x holds `repeat` consecutive maps of `height * width` tokens (memory frames);
         each gets the same rotation. `num_exclude`: that many trailing tokens (object pointers)
-        are left unrotated; they have no position on the grid.
+        are left unrotated; they have no position on the grid. `inplace`: overwrite `x` and
+        return it where it can (float32, autograd not recording), for a caller that owns `x`;
+        elsewhere a new tensor as without it.
         """
         if x.shape[-1] != self.head_dim:
             raise ValueError(f"expected head dimension {self.head_dim}, got {x.shape[-1]}")
@@ -102,7 +105,7 @@ class AxialRotaryEmbedding:
             cis = self.cis_table(height, width, x.device)
             if x.requires_grad and torch.is_grad_enabled():
                 return _rotate_complex_autograd(x, cis, repeat, num_rot)
-            return _rotate_complex_into(x, cis, repeat, num_rot)
+            return _rotate_complex_into(x, cis, repeat, num_rot, inplace)
         return self.rotate_real(x, height, width, repeat, num_rot)
 
     def rotate_real(
@@ -141,10 +144,14 @@ def _as_complex(x: torch.Tensor, repeat: int, num_rot: int) -> torch.Tensor:
 
 
 def _rotate_complex_into(
-    x: torch.Tensor, cis: torch.Tensor, repeat: int, num_rot: int
+    x: torch.Tensor, cis: torch.Tensor, repeat: int, num_rot: int, inplace: bool = False
 ) -> torch.Tensor:
     """Inference: the rotated tokens written straight into one output buffer (no repeated
-    table, no intermediate, no concatenation with the unrotated tokens)."""
+    table, no intermediate, no concatenation with the unrotated tokens); into `x` itself when
+    `inplace` (an elementwise product may write over its input)."""
+    if inplace:
+        torch.mul(_as_complex(x, repeat, num_rot), cis, out=_as_complex(x, repeat, num_rot))
+        return x
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if num_rot < x.shape[-2]:
         out[..., num_rot:, :] = x[..., num_rot:, :]
