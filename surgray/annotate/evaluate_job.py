@@ -37,6 +37,7 @@ from surgray.annotate.outputs import OutputLayout
 from surgray.annotate.provenance import canonical_json, sha256_text, video_provenance
 from surgray.annotate.rerun import prepare_rerun
 from surgray.annotate.revisions import read_latest_records
+from surgray.annotate.row_provenance import PROVENANCE_COLUMN, provenance_column
 from surgray.annotate.session import CLICKS_COLUMN, FRAME_COUNT_COLUMN
 from surgray.annotate.status import EXIT_ALL_FAILED, EXIT_INVALID_CONFIG, EXIT_OK
 from surgray.errors import one_line
@@ -166,7 +167,7 @@ def plan_dataset(
                 "num_segments": 1,
                 "start_frame": 0,
                 "end_frame": -1,
-                "provenance_json": json.dumps(provenances[item.task.video_id].as_dict()),
+                PROVENANCE_COLUMN: provenance_column(provenances[item.task.video_id]),
                 CLICKS_COLUMN: json.dumps([c.__dict__ for c in item.clicks]),
                 FRAME_COUNT_COLUMN: item.frame_count,
             }

@@ -16,6 +16,9 @@ one result row with `segment_index == OUTCOME_SEGMENT`), so the driver's collect
 them exactly as the driver recorded them when it probed: rejected prompts in
 `_rejected.json`, an unreadable video as a failed video with its status record.
 
+A row carries its video's prompts once: `prompts_json`, with the provenance column less
+them (`surgray.annotate.row_provenance`).
+
 Every row has the same columns (Arrow needs one schema for a block): work rows leave the
 outcome columns empty, outcome rows fill the work-item columns with neutral values.
 """
@@ -34,9 +37,9 @@ from surgray.annotate.plan import plan_video
 from surgray.annotate.probe import ProbeResult, needs_probe, probe_task
 from surgray.annotate.prompts import VideoPrompts
 from surgray.annotate.provenance import Provenance
+from surgray.annotate.row_provenance import PROVENANCE_COLUMN, provenance_column
 from surgray.io.storage import Storage
 
-PROVENANCE_COLUMN = "provenance_json"  # each row carries its video's provenance to the actor
 ROW_COLUMN = "manifest_row"  # the manifest row number, -1 when the video came from a prefix
 OUTCOME_COLUMN = "plan_outcome"  # "" for a work row, else "rejected" or "unreadable"
 OUTCOME_JSON_COLUMN = "plan_outcome_json"  # the reasons, as JSON
@@ -98,7 +101,7 @@ def video_row(task: VideoTask, provenance: Provenance) -> dict[str, Any]:
         "video_uri": task.video_uri,
         "prompts_json": task.prompts.to_json(),
         ROW_COLUMN: -1 if task.row is None else task.row,
-        PROVENANCE_COLUMN: json.dumps(provenance.as_dict()),
+        PROVENANCE_COLUMN: provenance_column(provenance),  # less the prompts: they are above
     }
 
 

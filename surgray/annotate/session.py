@@ -34,6 +34,7 @@ from surgray.annotate.outputs import OutputLayout, SegmentResult
 from surgray.annotate.plan import WorkItem
 from surgray.annotate.prompts import ObjectPrompt
 from surgray.annotate.provenance import Provenance
+from surgray.annotate.row_provenance import row_provenance
 from surgray.annotate.rows import DEFAULT_STATE, ProvenanceSegmentWriter
 from surgray.errors import UserError
 from surgray.io.records import MaskRecord
@@ -107,7 +108,7 @@ class VideoRun:
 
     @classmethod
     def from_row(cls, row: dict[str, Any], ctx: RunContext) -> VideoRun:
-        provenance = Provenance.from_dict(json.loads(row["provenance_json"]))
+        provenance = row_provenance(row)  # the row carries the prompts once
         count = int(row.get(FRAME_COUNT_COLUMN) or -1)
         return cls(
             WorkItem.from_row(row),
