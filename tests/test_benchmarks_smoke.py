@@ -110,6 +110,8 @@ def test_archive_throughput_quick_compares_the_reference_loop_with_the_job():
     # The job's tree is the CLI driver and its own local Ray (GCS, raylet, the actor...).
     assert int(rows["reference"][9]) == 1 and int(rows["exact"][9]) >= 3
     assert "### Runs in order" in out and "### CPU seconds by process" in out
+    # The job sides track --threads (2) videos at once per actor, the recommended CPU setting.
+    assert "the job's actor runs 2 videos at once" in out
 
 
 @pytest.mark.slow
