@@ -25,6 +25,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from surgray.io.storage import LOCAL, Storage
+from surgray.model.checkpoints.memory_release import release_free_heap
 from surgray.model.checkpoints.sam2_checkpoint import (
     CheckpointError,
     check_state_dict,
@@ -121,8 +122,14 @@ def load_network(
             referring = referring_config_for(cfg, metadata, text_encoder, text)
         model = ReSurgSAM2(cfg, referring)
         load_referring_state_dict(model, state_dict, text)
+        del state_dict
+        release_free_heap()
         return model
     model = SAM2Model(cfg)
     check_state_dict(model, state_dict, text, ())
     model.load_state_dict(state_dict)
+    # The checkpoint's tensors and the network's initial weights are garbage now; without
+    # this glibc keeps most of their pages resident (benchmarks/bench_load_memory.py).
+    del state_dict
+    release_free_heap()
     return model
