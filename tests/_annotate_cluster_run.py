@@ -66,7 +66,10 @@ def _finish(job: subprocess.Popen, log, log_path: Path, deadline: float) -> dict
         code = job.wait(timeout=30)
         code = f"timed out ({code})"
     log.close()
-    return {"exit": code, "log": log_path.read_text(errors="replace")[-4000:]}
+    text = log_path.read_text(errors="replace")
+    # The job's own progress lines in full (Ray's log dumps can push them out of the tail).
+    progress = [line for line in text.splitlines() if line.startswith("[annotate]")]
+    return {"exit": code, "log": text[-4000:], "progress": progress}
 
 
 def _done_and_running(output: Path) -> tuple[set[str], set[str]]:

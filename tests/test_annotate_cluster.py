@@ -158,9 +158,10 @@ def test_a_lost_worker_node_loses_no_video_and_duplicates_no_row(cluster_runs, s
     assert lost["exit"] == 0, lost["log"]
     # Exactly one re-run: its fresh pool waited for the lost node to be marked dead (or kept
     # off it), so no actor of it was placed on the dead node and lost again.
-    assert "(run 2 of at most" in lost["log"], lost["log"]
-    assert "(run 3 of at most" not in lost["log"] and "given up" not in lost["log"], lost["log"]
-    assert "lost node(s) dead" in lost["log"], lost["log"]
+    progress = "\n".join(lost["progress"])
+    assert "(run 2 of at most" in progress, progress
+    assert "(run 3 of at most" not in progress and "given up" not in progress, progress
+    assert "1 lost node(s) marked dead" in progress, progress
     keys = _every_key_once(killed_out)
     assert len(keys) == len(set(keys)), "duplicate (video, frame, object) rows"
     expected_rows = _mask_rows(single_node)

@@ -11,12 +11,15 @@ put an actor there and lose it again (seen once: it cost one of the job's `LOSS_
 So before the re-run the driver
 1. finds the nodes it lost actors on: the actor id in Ray's error (and in its causes), looked
    up in the GCS actor table, gives the node the actor was placed on;
-2. waits, at most `health_check_window_s()`, until the GCS lists those nodes as dead;
-3. excludes the nodes still listed alive after that from the re-run's placement, by a label
+2. waits, at most `health_check_window_s()`, until each of those nodes is either listed dead
+   by the GCS or proven alive: a task that needs no CPU, pinned to the node
+   (`NodeAffinitySchedulingStrategy(soft=False)`), returned from it. A worker that died on a
+   live node (a crash, the OOM killer) is proven alive in a second or two and costs no wait;
+3. excludes the nodes still unsure after that from the re-run's placement, by a label
    selector on Ray's built-in `ray.io/node-id` label (`DataContext.execution_options.
    label_selector`, which Ray Data merges into every operator's remote args, actor pool
-   included), so a node that is only slow to be declared dead gets no new actor.
-
+   included), so a node that is only slow to be declared dead gets no new actor; never all
+   the nodes with CPUs, which would leave the re-run nowhere to go;
 4. sizes the fresh pool to the nodes left (`fit_pool`): a pool sized for the whole cluster
    takes every CPU of the survivors, and the pipeline's streaming repartition task (one CPU,
    which Ray Data gives no way to lower) then waits forever behind it: the re-run hung.
@@ -31,6 +34,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from surgray.annotate.config import AnnotateConfig
@@ -105,23 +109,66 @@ def alive_nodes() -> set[str]:
     return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
 
 
+def _probe(node: str) -> Any:
+    """A task that needs no CPU, on `node` only: it returns when the node's raylet runs it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    def here() -> bool:
+        return True
+
+    strategy = NodeAffinitySchedulingStrategy(node, soft=False)
+    return (
+        ray.remote(here).options(num_cpus=0, max_retries=0, scheduling_strategy=strategy).remote()
+    )
+
+
+def _answered(refs: Mapping[str, Any]) -> set[str]:
+    """The nodes whose probe has returned (a probe that failed proves nothing)."""
+    import ray
+
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=0)
+    answered = set()
+    for node, ref in refs.items():
+        if ref in ready:
+            try:
+                if ray.get(ref, timeout=1):
+                    answered.add(node)
+            except Exception:
+                pass
+    return answered
+
+
 def await_marked_dead(
     nodes: set[str], timeout_s: float, *, poll_s: float = POLL_S
-) -> tuple[set[str], float]:
-    """Wait until the GCS lists none of `nodes` alive, at most `timeout_s`; returns the ones
-    still listed alive and the seconds waited."""
+) -> tuple[set[str], set[str], float]:
+    """Wait until each of `nodes` is listed dead by the GCS or proven alive by a probe, at
+    most `timeout_s`; returns (the nodes proven alive, those still unsure, seconds waited)."""
+    import ray
+
     start = time.monotonic()
-    still = set(nodes)
-    while still:
-        try:
-            still &= alive_nodes()
-        except Exception as exc:  # the GCS not answering: nothing to wait for
-            logger.debug("node list not read: %s", type(exc).__name__)
-            break
-        if not still or time.monotonic() - start >= timeout_s:
-            break
-        time.sleep(poll_s)
-    return still, time.monotonic() - start
+    unsure, alive = set(nodes), set()
+    probes: dict[str, Any] = {}
+    try:
+        while unsure:
+            unsure &= alive_nodes()  # the ones listed dead are settled
+            for node in unsure - set(probes):
+                probes[node] = _probe(node)
+            answered = _answered({n: probes[n] for n in unsure}) if unsure else set()
+            alive |= answered
+            unsure -= answered
+            if not unsure or time.monotonic() - start >= timeout_s:
+                break
+            time.sleep(poll_s)
+    except Exception as exc:  # the GCS not answering: nothing more to learn
+        logger.debug("node liveness not read: %s", type(exc).__name__)
+    finally:
+        for ref in probes.values():
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:
+                pass
+    return alive, unsure, time.monotonic() - start
 
 
 def exclusion_selector(nodes: set[str]) -> dict[str, str]:
@@ -146,17 +193,37 @@ def placement_excluding(nodes: set[str]) -> Iterator[None]:
         options.label_selector = before
 
 
-def settle_after_loss(
-    exc: BaseException, timeout_s: float | None = None
-) -> tuple[set[str], set[str], float]:
-    """(nodes the error lost actors on, those of them still listed alive after waiting, the
-    seconds waited): what the re-run must keep off (see the module docstring)."""
+@dataclass(frozen=True)
+class LossVerdict:
+    """What the driver learnt of the nodes it lost actors on."""
+
+    lost: frozenset[str]  # nodes of the lost actors
+    alive: frozenset[str]  # proven alive (a worker died, not its node)
+    unsure: frozenset[str]  # neither listed dead nor proven alive within the wait
+    waited_s: float
+
+    @property
+    def dead(self) -> frozenset[str]:
+        return self.lost - self.alive - self.unsure
+
+    @property
+    def exclude(self) -> set[str]:
+        """The unsure nodes to keep the re-run off, unless they are all the CPUs left."""
+        if not self.unsure:
+            return set()
+        left = cpus_left(set(self.unsure))
+        return set(self.unsure) if left is None or left > 0 else set()
+
+
+def settle_after_loss(exc: BaseException, timeout_s: float | None = None) -> LossVerdict:
+    """Find the nodes `exc` lost actors on and wait (bounded) until each is listed dead or
+    proven alive (see the module docstring)."""
     lost = lost_nodes(exc)
     if not lost:
-        return set(), set(), 0.0
+        return LossVerdict(frozenset(), frozenset(), frozenset(), 0.0)
     window = health_check_window_s() if timeout_s is None else timeout_s
-    still, waited = await_marked_dead(lost, window)
-    return lost, still, waited
+    alive, unsure, waited = await_marked_dead(lost, window)
+    return LossVerdict(frozenset(lost), frozenset(alive), frozenset(unsure), waited)
 
 
 def cpus_left(excluded: set[str]) -> float | None:

@@ -267,19 +267,22 @@ def execute(
 
 
 def _keep_off_lost_nodes(exc: BaseException, progress: Any) -> set[str]:
-    """Wait (bounded) until the GCS marks the nodes `exc` lost actors on dead, so the fresh
-    pool cannot be placed there; returns those still listed alive, to exclude from placement
-    (`surgray.annotate.node_loss`)."""
+    """Wait (bounded) until the nodes `exc` lost actors on are marked dead by the GCS or
+    proven alive, so the fresh pool cannot be placed on a dead one; returns the nodes to
+    exclude from placement (`surgray.annotate.node_loss`)."""
     from surgray.annotate.node_loss import settle_after_loss
 
-    lost, still, waited = settle_after_loss(exc)
-    if lost:
-        alive = f"; {len(still)} still listed alive, kept out of placement" if still else ""
+    verdict = settle_after_loss(exc)
+    if verdict.dead or verdict.unsure:
+        excluded = verdict.exclude
+        unsure = f"; {len(verdict.unsure)} not yet" if verdict.unsure else ""
+        kept = ", kept out of placement" if excluded else ""
         progress.write(
-            f"{PREFIX} waited {waited:.1f} s for the cluster to mark "
-            f"{len(lost)} lost node(s) dead{alive}"
+            f"{PREFIX} waited {verdict.waited_s:.1f} s: {len(verdict.dead)} lost node(s) "
+            f"marked dead{unsure}{kept}"
         )
-    return still
+        return excluded
+    return set()
 
 
 def _loss_errors() -> tuple[type[BaseException], ...]:
