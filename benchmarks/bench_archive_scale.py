@@ -194,7 +194,7 @@ def index_clones(endpoint: str, target_prefix: str) -> int:
     """The `_index/` files a job writes for the videos under `target_prefix`, built from one
     flat listing of `masks/` and one of `_done/` (the clones share one provenance, read from
     one marker). Returns the number of entries."""
-    from surgray.annotate.output_scan import fingerprint
+    from surgray.annotate.output_scan import fingerprint, flat_entries
     from surgray.annotate.outputs import Marker, OutputLayout
     from surgray.annotate.run_index import (
         FLUSH_EVERY,
@@ -206,7 +206,7 @@ def index_clones(endpoint: str, target_prefix: str) -> int:
     layout = OutputLayout(target_prefix, storage=bench_storage(endpoint))
     markers = layout.entries_in("_done")
     parts: dict[str, dict] = {}
-    for path, info in layout.entries_in("masks", recursive=True).items():
+    for path, info in flat_entries(layout, "masks").items():  # not find: quadratic in folders
         folder, _, name = path.partition("/")
         parts.setdefault(folder.removeprefix("video_id="), {})[name] = fingerprint(info)
     first = sorted(markers)[0].removesuffix(".json")

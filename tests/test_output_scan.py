@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from surgray.annotate.output_scan import scan_outputs
+from surgray.annotate.output_scan import fingerprint, flat_entries, scan_outputs
 from surgray.annotate.outputs import OutputLayout
 from surgray.io.storage import LOCAL
 
@@ -50,3 +50,27 @@ def test_scan_of_an_s3_prefix(s3_server):
     assert scan_outputs(layout).present == frozenset()
     _fill(layout)
     _check(layout)
+
+
+@pytest.mark.slow
+def test_flat_listing_of_masks_on_s3_is_what_find_lists(s3_server):
+    """`flat_entries` (s3fs's pages, without find's quadratic folder tree) gives exactly
+    what `entries_in(recursive=True)` gives: paths, sizes, ETags; nothing for a missing
+    folder; nested and foreign entries as they are."""
+    bucket = s3_server.make_bucket(f"flat-{uuid.uuid4().hex[:8]}")
+    layout = OutputLayout(f"{bucket}/run", storage=s3_server.storage)
+    assert flat_entries(layout, "masks") == {}
+    for n in range(5):
+        for part in range(n % 3 + 1):
+            layout.put_bytes(
+                layout.part_uri(f"v{n}", f"part-{part:05d}.parquet"), b"x" * (n + part)
+            )
+    layout.put_bytes(f"{layout.prefix}/masks/video_id=v1/sub/deeper.bin", b"deep")
+    layout.put_bytes(f"{layout.prefix}/masks/loose.txt", b"foreign")
+    layout.put_bytes(f"{layout.prefix}/masksx/other.parquet", b"not under masks/")
+    flat = flat_entries(layout, "masks")
+    found = layout.entries_in("masks", recursive=True)
+    assert sorted(flat) == sorted(found) and len(flat) == 1 + 2 + 3 + 1 + 2 + 1 + 1
+    assert all(fingerprint(flat[p]) == fingerprint(found[p]) for p in flat)
+    assert fingerprint(flat["video_id=v4/part-00001.parquet"])[0] == 5
+    assert "video_id=v1/sub/deeper.bin" in flat and "loose.txt" in flat

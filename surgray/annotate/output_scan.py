@@ -59,6 +59,34 @@ def _strip(name: str, prefix: str = "", suffix: str = "") -> str | None:
     return name.removeprefix(prefix).removesuffix(suffix) or None
 
 
+def flat_entries(layout: OutputLayout, folder: str) -> dict[str, dict[str, Any]]:
+    """`layout.entries_in(folder, recursive=True)`: path under `<prefix>/<folder>` -> the
+    store's details of every file below it, from one flat listing.
+
+    On S3 the pages are taken as s3fs lists them (`_lsdir` without a delimiter), not through
+    `find`: find also files every entry into a directory tree, and checks each new folder
+    against a list of its parent's folders (`d not in list`), which is quadratic in the
+    number of folders: 1.8 s of CPU for 10,000 videos' folders under masks/, 7.4 s for
+    20,000, minutes at 100,000. Other stores use `entries_in`."""
+    uri = f"{layout.prefix}/{folder}"
+    fs, path = layout.storage.filesystem(uri)
+    lsdir = getattr(fs, "_lsdir", None)
+    if type(fs).__module__.split(".")[0] != "s3fs" or lsdir is None:
+        return layout.entries_in(folder, recursive=True)
+    from fsspec.asyn import sync
+
+    base = path.rstrip("/") + "/"
+    try:
+        found = sync(fs.loop, lsdir, path, refresh=True, delimiter="")
+    except FileNotFoundError:
+        return {}
+    return {
+        str(info["name"]).removeprefix(base): info
+        for info in found
+        if info.get("type") != "directory" and str(info["name"]).startswith(base)
+    }
+
+
 def scan_outputs(layout: OutputLayout) -> OutputScan:
     """List the layout's folders once each (see the module docstring)."""
     prints = {
@@ -70,7 +98,7 @@ def scan_outputs(layout: OutputLayout) -> OutputScan:
     statuses = {v for n in layout.names_in("status") if (v := _strip(n, "video_id=", ".json"))}
     present = markers | statuses
     parts: dict[str, dict[str, Fingerprint]] = {}
-    for path, info in layout.entries_in("masks", recursive=True).items():
+    for path, info in flat_entries(layout, "masks").items():
         folder, _, name = path.partition("/")
         video_id = _strip(folder, "video_id=")
         if video_id and name and "/" not in name:
