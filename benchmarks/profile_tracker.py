@@ -169,7 +169,10 @@ def component_times(args: argparse.Namespace) -> list[list[str]]:
         if frame == TIMED_FROM:
             for timer in timers.values():
                 timer.reset()
-        for name, stream in streams.items():  # lockstep: both sides see the same load
+        order = list(streams.items())
+        if frame % 2:  # who goes first alternates, so a change in the load hits both alike
+            order.reverse()
+        for name, stream in order:  # lockstep: both sides see the same load
             started = time.perf_counter()
             next(stream)
             if frame >= TIMED_FROM:
