@@ -189,7 +189,9 @@ def paged_list_objects_v2(
         )
     store = bucket.keys
     prefix = prefix or ""
-    names = sorted(n for n in dict.keys(store) if n.startswith(prefix))
+    # list() copies the names in one C call (the GIL held): PUTs served meanwhile by other
+    # threads cannot change the dict under the scan, as iterating it directly would allow
+    names = sorted(n for n in list(dict.keys(store)) if n.startswith(prefix))
     limit = None
     if continuation_token or start_after:
         limit = (
