@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from surgray.annotate.output_scan import fingerprint, flat_entries, scan_outputs
+from surgray.annotate.output_scan import fingerprint, flat_entries, listed_prints, scan_outputs
 from surgray.annotate.outputs import OutputLayout
 from surgray.io.storage import LOCAL
 
@@ -74,3 +74,23 @@ def test_flat_listing_of_masks_on_s3_is_what_find_lists(s3_server):
     assert all(fingerprint(flat[p]) == fingerprint(found[p]) for p in flat)
     assert fingerprint(flat["video_id=v4/part-00001.parquet"])[0] == 5
     assert "video_id=v1/sub/deeper.bin" in flat and "loose.txt" in flat
+
+
+@pytest.mark.slow
+def test_listed_prints_on_s3_are_the_listing_s_fingerprints(s3_server):
+    """`listed_prints` (reduced page by page on S3) gives what `entries_in` / `names_in`
+    give, fingerprinted: files, files below (recursive), subfolders with `folders`."""
+    bucket = s3_server.make_bucket(f"prints-{uuid.uuid4().hex[:8]}")
+    layout = OutputLayout(f"{bucket}/run", storage=s3_server.storage)
+    assert listed_prints(layout, "_done") == {} == listed_prints(layout, "masks", recursive=True)
+    _fill(layout)
+    for folder in ("_done", "status", "exports/davis", "exports/overlay_mp4"):
+        listed = {n: fingerprint(i) for n, i in layout.entries_in(folder).items()}
+        assert listed_prints(layout, folder) == listed
+        assert bool(listed) == (folder != "exports/davis")  # davis: a folder, no file
+        with_folders = listed_prints(layout, folder, folders=True)
+        assert sorted(with_folders) == sorted(layout.names_in(folder))
+    assert listed_prints(layout, "exports/davis", folders=True) == {"davis-only": (0, "")}
+    deep = {n: fingerprint(i) for n, i in layout.entries_in("masks", recursive=True).items()}
+    assert listed_prints(layout, "masks", recursive=True) == deep and len(deep) == 2
+    assert all(fp[1] for fp in deep.values())  # S3's ETag, not size alone

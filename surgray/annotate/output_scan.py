@@ -87,25 +87,79 @@ def flat_entries(layout: OutputLayout, folder: str) -> dict[str, dict[str, Any]]
     }
 
 
+def listed_prints(
+    layout: OutputLayout, folder: str, *, recursive: bool = False, folders: bool = False
+) -> dict[str, Fingerprint]:
+    """Path under `<prefix>/<folder>` -> fingerprint of each file there (every file below it
+    when `recursive`; with `folders`, subfolders too, as (0, "")): `entries_in` reduced as it
+    is listed. On S3 each page's entries become fingerprints as they arrive, so the store's
+    detail dicts of a 100,000-key listing (a few KB each) are never all held at once, and
+    nothing goes into s3fs's listing cache. Other stores: `entries_in` / `names_in`."""
+    fs, path = layout.storage.filesystem(f"{layout.prefix}/{folder}")
+    iterdir = getattr(fs, "_iterdir", None)
+    if type(fs).__module__.split(".")[0] != "s3fs" or iterdir is None:
+        found = {
+            n: fingerprint(i) for n, i in layout.entries_in(folder, recursive=recursive).items()
+        }
+        if folders and not recursive:
+            found.update((n, (0, "")) for n in layout.names_in(folder) if n not in found)
+        return found
+    from botocore.exceptions import ClientError
+    from fsspec.asyn import sync
+    from s3fs.errors import translate_boto_error
+
+    bucket, key, _ = fs.split_path(path)
+    base = path.rstrip("/") + "/"
+
+    async def collect() -> dict[str, Fingerprint]:
+        out: dict[str, Fingerprint] = {}
+        pages = iterdir(bucket, delimiter="" if recursive else "/", prefix=key.strip("/") + "/")
+        async for info in pages:
+            name = str(info["name"])
+            if not name.startswith(base):
+                continue
+            if info.get("type") == "directory":
+                if folders:
+                    out[name.removeprefix(base).rstrip("/")] = (0, "")
+            else:
+                out[name.removeprefix(base)] = fingerprint(info)
+        return out
+
+    try:
+        return sync(fs.loop, collect)
+    except ClientError as exc:
+        error = translate_boto_error(exc)
+        if isinstance(error, FileNotFoundError):
+            return {}
+        raise error from exc
+    except FileNotFoundError:
+        return {}
+
+
 def scan_outputs(layout: OutputLayout) -> OutputScan:
     """List the layout's folders once each (see the module docstring)."""
     prints = {
-        v: fingerprint(info)
-        for n, info in layout.entries_in("_done").items()
+        v: fp
+        for n, fp in listed_prints(layout, "_done").items()
         if (v := _strip(n, suffix=".json"))
     }
     markers = set(prints)
-    statuses = {v for n in layout.names_in("status") if (v := _strip(n, "video_id=", ".json"))}
+    statuses = {
+        v
+        for n in listed_prints(layout, "status", folders=True)
+        if (v := _strip(n, "video_id=", ".json"))
+    }
     present = markers | statuses
     parts: dict[str, dict[str, Fingerprint]] = {}
-    for path, info in flat_entries(layout, "masks").items():
+    for path, fp in listed_prints(layout, "masks", recursive=True).items():
         folder, _, name = path.partition("/")
         video_id = _strip(folder, "video_id=")
         if video_id and name and "/" not in name:
-            parts.setdefault(video_id, {})[name] = fingerprint(info)
+            parts.setdefault(video_id, {})[name] = fp
     present.update(parts)
     for fmt, suffix in EXPORT_SUFFIXES.items():
-        present.update(v for n in layout.names_in(f"exports/{fmt}") if (v := _strip(n, "", suffix)))
+        names = listed_prints(layout, f"exports/{fmt}", folders=True)
+        present.update(v for n in names if (v := _strip(n, "", suffix)))
     return OutputScan(
         markers=frozenset(markers),
         present=frozenset(present),
