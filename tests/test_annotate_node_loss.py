@@ -58,13 +58,13 @@ def test_lost_actor_ids_come_from_the_error_and_its_causes():
     assert lost_actor_ids(ValueError("no actor")) == []
 
 
-def test_fit_pool_leaves_room_for_the_pipelines_task():
+def test_fit_pool_sizes_the_pool_to_the_cpus_left():
     config = _config(count=2, num_cpus=1.0)
-    assert fit_pool(config, 2.0, spare_cpus=1.0).actors.count == 1  # a node of 2 left
-    assert fit_pool(config, 4.0, spare_cpus=1.0) is config  # room enough
-    assert fit_pool(config, None, spare_cpus=1.0) is config  # unknown: as configured
-    assert fit_pool(config, 0.5, spare_cpus=1.0).actors.count == 1  # never none
-    assert fit_pool(_config(count=4, num_cpus=0.5), 2.0, spare_cpus=1.0).actors.count == 2
+    assert fit_pool(config, 1.0).actors.count == 1  # a node of 1 CPU left
+    assert fit_pool(config, 2.0) is config  # room enough
+    assert fit_pool(config, None) is config  # unknown: as configured
+    assert fit_pool(config, 0.5).actors.count == 1  # never none
+    assert fit_pool(_config(count=4, num_cpus=0.5), 1.5).actors.count == 3
 
 
 def test_exclusion_selector_names_the_nodes():

@@ -180,6 +180,28 @@ def test_tracking_starts_while_a_later_video_is_still_being_planned(
     shutil.rmtree(tmp_path / "out")
 
 
+def test_a_pool_holding_every_cpu_still_gets_its_planned_work(ray_cluster, tmp_path, clip_video):
+    """2 actors of 1 CPU on the 2-CPU test cluster: the streaming split of the planned rows
+    must not wait for a CPU (it did: the job hung with the actors idle)."""
+    from surgray.annotate.pipeline import run_annotate
+
+    video, checkpoint = clip_video
+    rows = []
+    for n in range(3):
+        copy = tmp_path / f"v{n}.mp4"
+        shutil.copy(video, copy)
+        rows.append({"video_uri": str(copy), "video_id": f"v{n}", "prompts": _box()})
+    config = _config(
+        tmp_path, rows, checkpoint, actors={"count": 2, "num_cpus": 1.0, "torch_threads": 1}
+    )
+    outcome: dict = {}
+    job = threading.Thread(target=lambda: outcome.update(result=run_annotate(config)), daemon=True)
+    job.start()
+    job.join(timeout=180)
+    assert not job.is_alive(), "the job made no progress with every CPU held by its actors"
+    assert outcome["result"].summary.done == 3
+
+
 def _unblock(fifo, job: threading.Thread) -> None:
     """Feed the FIFO a few bytes each time a reader (the probe) has it open, until the job
     ends: a probe may open the file more than once."""

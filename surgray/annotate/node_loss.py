@@ -241,14 +241,14 @@ def cpus_left(excluded: set[str]) -> float | None:
     )
 
 
-def fit_pool(config: AnnotateConfig, cpus: float | None, *, spare_cpus: float) -> AnnotateConfig:
-    """`config` with at most as many actors as `cpus` hold with `spare_cpus` left for the
-    pipeline's other tasks (at least one actor; unchanged when the CPUs are unknown or the
-    actors ask for none)."""
+def fit_pool(config: AnnotateConfig, cpus: float | None) -> AnnotateConfig:
+    """`config` with at most as many actors as `cpus` hold (at least one actor; unchanged
+    when the CPUs are unknown or the actors ask for none). The rest of the pipeline asks for
+    no CPU (`surgray.annotate.pipeline`)."""
     need = config.actors.num_cpus
     if cpus is None or need <= 0:
         return config
-    fits = max(1, int((cpus - spare_cpus) // need))
+    fits = max(1, int(cpus // need))
     if fits >= config.actors.count:
         return config
     actors = config.actors.model_copy(update={"count": fits})

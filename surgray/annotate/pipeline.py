@@ -6,7 +6,7 @@ its last segment arrives.
                                                 (more when that would exceed PLAN_BLOCKS_MAX)
       .map_batches(plan_batch,                  probe, check prompts, cut into segments
                    compute=TaskPoolStrategy(PLAN_TASKS), num_cpus=0)
-      .repartition(target_num_rows_per_block=K) streaming: K work items per block
+      .repartition(target_num_rows_per_block=K) streaming: K work items per block (no CPU)
       .map_batches(PlanningAnnotator,           each actor loads the model once
                    batch_size=K,                K = batching.videos_per_step, stepped together
                    compute=ActorPoolStrategy(size=actors.count,
@@ -151,6 +151,7 @@ def build_dataset(
             )
             .repartition(target_num_rows_per_block=per_step)
         )
+        _repartition_without_cpu(dataset)
         annotator: type = PlanningAnnotator
     else:
         blocks = max(1, math.ceil(len(rows) / per_step))
@@ -170,6 +171,24 @@ def build_dataset(
             max_restarts=0,
             **remote_args,
         )
+
+
+def _repartition_without_cpu(dataset: Any) -> None:
+    """Let the streaming repartition's tasks ask for no CPU, as the planning tasks do.
+
+    Ray 2.60's `repartition` takes no remote arguments, so its tasks ask for one CPU each; when
+    the pool's actors hold every CPU (2 actors of 1 CPU on a 2-CPU node) the repartition can
+    never run, the actors never get work and the job hangs. The split only moves rows between
+    blocks, so it needs no CPU of its own. Ray is pinned (pyproject), and the check below fails
+    loudly if its plan ever looks different."""
+    from ray.data._internal.logical.operators import StreamingRepartition
+
+    operator = dataset._logical_plan.dag
+    if not isinstance(operator, StreamingRepartition):
+        raise RuntimeError(
+            f"expected Ray Data's StreamingRepartition at the end of the plan, got {operator!r}"
+        )
+    object.__setattr__(operator, "ray_remote_args", {**operator.ray_remote_args, "num_cpus": 0})
 
 
 def actor_pool(size: int, concurrent: int) -> Any:
@@ -255,9 +274,8 @@ def execute(
                     f"(run {attempt + 1} of at most {LOSS_ATTEMPTS})"
                 )
                 excluded |= _keep_off_lost_nodes(exc, progress)
-                # Streamed plans have a repartition task that needs a CPU beside the pool.
-                spare = 1.0 if plan.streamed else 0.0
-                config = fit_pool(plan.config, cpus_left(excluded), spare_cpus=spare)
+                # Nothing else in the pipeline asks for a CPU (`_repartition_without_cpu`).
+                config = fit_pool(plan.config, cpus_left(excluded))
                 if config.actors.count < plan.config.actors.count:
                     progress.write(
                         f"{PREFIX} {config.actors.count} actor(s) fit the nodes left "
