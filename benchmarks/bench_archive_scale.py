@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -358,12 +359,14 @@ def rerun_by_cli(endpoint: str, manifest: str, out: str, work: Path, name: str) 
     text = output.decode(errors="replace")
     (work / f"{name}.log").write_text(text)
     found = re.search(r"\((\d+) done, (\d+) complete before", text)
+    ray_started = any(temp.iterdir())
+    shutil.rmtree(temp, ignore_errors=True)
     return {
         "rc": job.returncode,
         "seconds": seconds,
         "done": int(found.group(1)) if found else None,
         "complete_before": int(found.group(2)) if found else None,
-        "ray_started": any(temp.iterdir()),
+        "ray_started": ray_started,
     }
 
 
