@@ -137,29 +137,36 @@ def listed_prints(
 
 
 def scan_outputs(layout: OutputLayout) -> OutputScan:
-    """List the layout's folders once each (see the module docstring)."""
-    prints = {
-        v: fp
-        for n, fp in listed_prints(layout, "_done").items()
-        if (v := _strip(n, suffix=".json"))
+    """List the layout's folders once each (see the module docstring), all at once: on object
+    storage a listing is a chain of round trips, and the folders' chains need not wait for
+    each other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    listings: dict[str, dict[str, bool]] = {
+        "_done": {},
+        "status": {"folders": True},
+        "masks": {"recursive": True},
+        **{f"exports/{fmt}": {"folders": True} for fmt in EXPORT_SUFFIXES},
     }
+    with ThreadPoolExecutor(max_workers=len(listings), thread_name_prefix="scan") as pool:
+        pending = {
+            folder: pool.submit(listed_prints, layout, folder, **options)
+            for folder, options in listings.items()
+        }
+        listed = {folder: future.result() for folder, future in pending.items()}
+    prints = {v: fp for n, fp in listed["_done"].items() if (v := _strip(n, suffix=".json"))}
     markers = set(prints)
-    statuses = {
-        v
-        for n in listed_prints(layout, "status", folders=True)
-        if (v := _strip(n, "video_id=", ".json"))
-    }
+    statuses = {v for n in listed["status"] if (v := _strip(n, "video_id=", ".json"))}
     present = markers | statuses
     parts: dict[str, dict[str, Fingerprint]] = {}
-    for path, fp in listed_prints(layout, "masks", recursive=True).items():
+    for path, fp in listed["masks"].items():
         folder, _, name = path.partition("/")
         video_id = _strip(folder, "video_id=")
         if video_id and name and "/" not in name:
             parts.setdefault(video_id, {})[name] = fp
     present.update(parts)
     for fmt, suffix in EXPORT_SUFFIXES.items():
-        names = listed_prints(layout, f"exports/{fmt}", folders=True)
-        present.update(v for n in names if (v := _strip(n, "", suffix)))
+        present.update(v for n in listed[f"exports/{fmt}"] if (v := _strip(n, "", suffix)))
     return OutputScan(
         markers=frozenset(markers),
         present=frozenset(present),
