@@ -20,9 +20,8 @@ So before the re-run the driver
    label_selector`, which Ray Data merges into every operator's remote args, actor pool
    included), so a node that is only slow to be declared dead gets no new actor; never all
    the nodes with CPUs, which would leave the re-run nowhere to go;
-4. sizes the fresh pool to the nodes left (`fit_pool`): a pool sized for the whole cluster
-   takes every CPU of the survivors, and the pipeline's streaming repartition task (one CPU,
-   which Ray Data gives no way to lower) then waits forever behind it: the re-run hung.
+4. sizes the fresh pool to the nodes left (`fit_pool`): actors that do not fit would wait
+   for CPUs that are gone.
 
 Everything here only reads cluster state; none of it raises (a lookup that fails finds no
 node, and the re-run starts as before).
