@@ -40,14 +40,19 @@ class CountingLayout(OutputLayout):
         return super().read_bytes(uri)
 
 
-@pytest.fixture(params=["local", "s3"])
-def layout(request, tmp_path):
+def counting_layout(request, tmp_path, bucket: str) -> CountingLayout:
+    """A fresh counting layout on a local folder or, for the "s3" param, in `bucket` on moto."""
     if request.param == "local":
         return CountingLayout(str(tmp_path / "out"), storage=LOCAL)
     server = request.getfixturevalue("s3_server")
-    if not server.filesystem().exists("annotate-index"):
-        server.make_bucket("annotate-index")
-    return CountingLayout(f"s3://annotate-index/{uuid.uuid4().hex}", storage=server.storage)
+    if not server.filesystem().exists(bucket):
+        server.make_bucket(bucket)
+    return CountingLayout(f"s3://{bucket}/{uuid.uuid4().hex}", storage=server.storage)
+
+
+@pytest.fixture(params=["local", "s3"])
+def layout(request, tmp_path):
+    return counting_layout(request, tmp_path, "annotate-index")
 
 
 def _indexed_run(layout: OutputLayout, video_ids: list[str]) -> None:

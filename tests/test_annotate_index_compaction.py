@@ -9,9 +9,8 @@ is finished by the next one; a file another job writes during a compaction is ke
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
+from test_annotate_index import CountingLayout, counting_layout
 from test_annotate_outputs import PROV_A, PROV_B, run_video
 
 from surgray.annotate.outputs import OutputLayout
@@ -31,18 +30,6 @@ RUNS = 5
 assert RUNS > COMPACT_OVER  # the test's premise: 5 runs' files are more than the threshold
 
 
-class CountingLayout(OutputLayout):
-    """An output layout that remembers which objects were read (GETs)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.reads: list[str] = []
-
-    def read_bytes(self, uri: str) -> bytes | None:
-        self.reads.append(uri.removeprefix(self.prefix + "/"))
-        return super().read_bytes(uri)
-
-
 class NoRemoveLayout(OutputLayout):
     """A job that dies after writing the compacted file: no removal happens."""
 
@@ -52,12 +39,7 @@ class NoRemoveLayout(OutputLayout):
 
 @pytest.fixture(params=["local", "s3"])
 def layout(request, tmp_path):
-    if request.param == "local":
-        return CountingLayout(str(tmp_path / "out"), storage=LOCAL)
-    server = request.getfixturevalue("s3_server")
-    if not server.filesystem().exists("annotate-compact"):
-        server.make_bucket("annotate-compact")
-    return CountingLayout(f"s3://annotate-compact/{uuid.uuid4().hex}", storage=server.storage)
+    return counting_layout(request, tmp_path, "annotate-compact")
 
 
 def _run(layout: OutputLayout, video_ids: list[str]) -> None:

@@ -19,9 +19,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_quick(script: str) -> str:
+def run_quick(script: str, *extra: str) -> str:
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), "--quick"],
+        [sys.executable, str(REPO / "benchmarks" / script), "--quick", *extra],
         cwd=REPO,
         capture_output=True,
         text=True,
