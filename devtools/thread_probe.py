@@ -5,6 +5,17 @@ test can tell whether an annotate actor tracked two videos at once (`actors.conc
 
 The hook runs in the actor, where the test cannot pass it arguments: it appends to the folder
 named in the pointer file `POINTER` (written by `start`), one line per frame, and never skips.
+It writes one file per thread and declares itself thread-safe, so an actor with concurrent
+videos calls it from its threads at once (`surgray.annotate.hooks.is_thread_safe`).
+
+`start(folder, rendezvous=True)` also makes the first thread that reaches the hook wait until a
+second thread of its process has reached it too (at most `RENDEZVOUS_S`), and every call yield
+for a moment after recording. Whether an actor's second call starts while its first is still
+tracking depends on how soon Ray Data hands it the next row, which on a loaded 2-core machine
+can be after a short video is already done; the rendezvous takes that timing out of the test.
+It proves nothing by itself: with calls that cannot overlap, the first thread waits out the
+limit alone and the interleaving count stays 0. The job's configuration (and so the rows'
+provenance) is the same either way.
 """
 
 from __future__ import annotations
@@ -18,21 +29,41 @@ from pathlib import Path
 from typing import Any
 
 POINTER = Path(tempfile.gettempdir()) / "surgray-thread-probe.path"
+RENDEZVOUS_S = 60.0
+YIELD_S = 0.005
+
+_arrived: dict[str, set[int]] = {}  # probe folder -> threads of this process that reached it
+_arrival = threading.Condition()
 
 
-def start(folder: str | os.PathLike) -> None:
+def start(folder: str | os.PathLike, *, rendezvous: bool = False) -> None:
     """Make the hook write under `folder` (a fresh folder per run)."""
     Path(folder).mkdir(parents=True, exist_ok=True)
-    POINTER.write_text(str(folder))
+    POINTER.write_text(f"{int(rendezvous)} {folder}")
 
 
 def record(frame: Any) -> bool:
     """The hook: one line `time pid thread frame_index`; keeps every frame."""
-    folder = Path(POINTER.read_text())
+    rendezvous, folder = POINTER.read_text().split(" ", 1)
+    if rendezvous == "1":
+        _meet_a_second_thread(folder)
     line = f"{time.monotonic():.6f} {os.getpid()} {threading.get_ident()} {frame.index}\n"
-    with open(folder / f"{os.getpid()}-{threading.get_ident()}.txt", "a") as handle:
+    with open(Path(folder) / f"{os.getpid()}-{threading.get_ident()}.txt", "a") as handle:
         handle.write(line)
+    if rendezvous == "1":
+        time.sleep(YIELD_S)  # lets the other thread's frame in between
     return False
+
+
+record.thread_safe = True
+
+
+def _meet_a_second_thread(folder: str) -> None:
+    with _arrival:
+        threads = _arrived.setdefault(folder, set())
+        threads.add(threading.get_ident())
+        _arrival.notify_all()
+        _arrival.wait_for(lambda: len(threads) >= 2, timeout=RENDEZVOUS_S)
 
 
 @dataclass(frozen=True)

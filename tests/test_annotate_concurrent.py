@@ -11,6 +11,8 @@ CLI, exit 2.
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -62,7 +64,8 @@ def archive(tmp_path_factory):
     return folder
 
 
-def _config(folder: Path, name: str, concurrent: int) -> AnnotateConfig:
+def _config(folder: Path, name: str, concurrent: int, hook: str | None = None) -> AnnotateConfig:
+    hook = hook or "devtools.thread_probe:record"
     return AnnotateConfig.from_dict(
         {
             "inputs": {"manifest": str(folder / "manifest.jsonl")},
@@ -71,7 +74,7 @@ def _config(folder: Path, name: str, concurrent: int) -> AnnotateConfig:
             # One torch thread per call in both runs: the same arithmetic, so equal masks.
             "actors": {"count": 1, "num_cpus": 0.5, "torch_threads": concurrent,
                        "concurrent_videos": concurrent},
-            "frames": {"skip_hook": "devtools.thread_probe:record"},
+            "frames": {"skip_hook": hook},
             "privacy": {"hash_video_ids": False},
             "exports": ["parquet"],
         }
@@ -86,7 +89,7 @@ def runs(archive, ray_cluster):  # noqa: F811
     out = {}
     for concurrent in (1, 2):
         probe = archive / f"probe{concurrent}"
-        thread_probe.start(probe)
+        thread_probe.start(probe, rendezvous=concurrent > 1)  # waits for a second thread
         config = _config(archive, f"out{concurrent}", concurrent)
         out[concurrent] = (config, run_annotate(config), thread_probe.read(probe))
     return out
@@ -141,3 +144,36 @@ def test_concurrent_videos_below_one_is_a_one_line_config_error(tmp_path, capsys
     assert main(["--config", str(path), "--quiet"]) == EXIT_INVALID_CONFIG
     err = capsys.readouterr().err.strip()
     assert "actors.concurrent_videos" in err and len(err.splitlines()) == 1, err
+
+
+_inside = {"now": 0, "most": 0}
+
+
+def keep_every_frame(frame) -> bool:
+    """A hook that does not declare itself thread-safe; counts the calls inside it at once."""
+    _inside["now"] += 1
+    _inside["most"] = max(_inside["most"], _inside["now"])
+    time.sleep(0.05)
+    _inside["now"] -= 1
+    return False
+
+
+def test_a_skip_hook_is_called_one_at_a_time_unless_it_declares_itself_thread_safe(archive):
+    from surgray.annotate.actor import SegmentAnnotator
+
+    declared = SegmentAnnotator(_config(archive, "direct", 2))
+    assert declared.context.skip_hook is thread_probe.record  # called as it is
+    plain = SegmentAnnotator(
+        _config(archive, "direct", 2, "test_annotate_concurrent:keep_every_frame")
+    )
+    hook = plain.context.skip_hook
+    threads = [threading.Thread(target=hook, args=(None,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert _inside["most"] == 1  # 4 threads, never two inside at once
+    alone = SegmentAnnotator(
+        _config(archive, "direct", 1, "test_annotate_concurrent:keep_every_frame")
+    )
+    assert alone.context.skip_hook is keep_every_frame  # one video at a time: no lock needed

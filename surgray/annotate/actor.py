@@ -12,7 +12,8 @@ the actor's one model: torch ops release the GIL, so on CPU N videos on one torc
 go faster than one video on N threads (benchmarks/README.md). What the calls share is made
 safe here: each call sets its own thread's torch thread count (OpenMP's count is per calling
 thread; `threads_per_call`); the lazy text-encoder load and text encoding (the tokenizer is
-not thread-safe) take a lock, and so does the user's skip hook (it need not be thread-safe).
+not thread-safe) take a lock, and so does the user's skip hook unless it declares itself
+thread-safe (`surgray.annotate.hooks.is_thread_safe`).
 Everything else a call mutates is its own: `VideoRun`, the tracker's `VideoState`, the
 writers. The model is read-only in inference mode; its cached position and RoPE tables are
 filled with a check-then-set that at worst builds the same table twice. A failed video is a
@@ -104,7 +105,7 @@ class SegmentAnnotator:
     ) -> None:
         import torch
 
-        from surgray.annotate.hooks import load_skip_hook
+        from surgray.annotate.hooks import is_thread_safe, load_skip_hook
         from surgray.tracking.tracker import Tracker
 
         logging.getLogger("surgray").setLevel(logging.INFO)
@@ -123,7 +124,7 @@ class SegmentAnnotator:
             # expression and searching frame, a small share of a frame's time.
             model.encode_text = _serialized(model.encode_text, threading.Lock())
         skip_hook = load_skip_hook(config.frames.skip_hook)
-        if skip_hook is not None and self.concurrent > 1:
+        if skip_hook is not None and self.concurrent > 1 and not is_thread_safe(skip_hook):
             skip_hook = _serialized(skip_hook, threading.Lock())
         tracker = Tracker(
             model,
