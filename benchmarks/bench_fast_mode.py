@@ -4,6 +4,7 @@ run, and its fidelity against fp32.
 Options (`surgray.tracking.precision` names, plus two model-level transforms measured here):
   fp32           exact, the baseline
   int8           int8 weights for the Hiera trunk's and memory attention's linear layers
+  int8_attn      int8, and the memory cross-attention's query-key products in int8
   bf16           autocast to bfloat16 (native on AVX512-BF16/AMX CPUs, emulated elsewhere)
   channels_last  fp32 with convolution weights in channels-last layout
   compile        fp32 with `torch.compile` of the encoder and the per-frame step (--compile:
@@ -18,7 +19,8 @@ time, and the option's masks against fp32's on every frame and object (worst and
 agreement, worst IoU).
 
 Fidelity on trained weights: the shipped demo checkpoints (surgray/assets/demo/model.pt and
-referring.pt, micro at 128 px) track the demo test split from first-frame masks, as
+referring.pt, micro at 128 px; `int8_attn` forced onto its int8 path, which their small
+attentions would not take) track the demo test split from first-frame masks, as
 `surgray train --config configs/train_demo.yaml --evaluate ...` scores them (16 videos, 24
 frames, the surgical protocol). Per option: J&F, its difference to fp32 in points (x100), and
 pixel agreement of the masks with fp32's.
@@ -63,7 +65,7 @@ from common import (  # noqa: E402
 
 add_repo_paths()
 REPO = Path(__file__).resolve().parents[1]
-OPTIONS = ("fp32", "int8", "bf16", "channels_last", "compile")
+OPTIONS = ("fp32", "int8", "int8_attn", "bf16", "channels_last", "compile")
 MAX_JF_LOSS = 0.5  # points
 MIN_AGREEMENT = 0.99
 DEMO_CHECKPOINTS = {
@@ -231,10 +233,15 @@ def jf_of(runs) -> float:
 
 
 def fidelity_run(args, options: list[str]) -> list[list[str]]:
+    from surgray.model import int8_attention
     from surgray.train.checkpoints import load_trained_model
     from surgray.train.cli import load_config
     from surgray.train.clip_data import open_videos
 
+    # The demo checkpoints' attentions (micro, 128 px) are all below the size where
+    # int8_attention switches to its int8 path; forced here so that `int8_attn` measures that
+    # path's fidelity on trained weights rather than the fused float kernel's.
+    int8_attention.MIN_SCORES = 0
     rows = []
     for name, config_path in DEMO_CHECKPOINTS.items():
         config = load_config(str(REPO / config_path), [])

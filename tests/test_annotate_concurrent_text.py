@@ -56,12 +56,12 @@ def setup(tmp_path_factory):
     return folder, clip_dir, rows
 
 
-def _config(folder, clip_dir, concurrent: int) -> AnnotateConfig:
+def _config(folder, clip_dir, concurrent: int, precision: str = "fp32") -> AnnotateConfig:
     return AnnotateConfig.from_dict({
         "inputs": {"manifest": str(folder / "unused.csv")},
         "output": {"prefix": str(folder / f"out{concurrent}")},
         "model": {"variant": "micro", "checkpoint": str(folder / "ref.pt"), "image_size": SIZE,
-                  "text_encoder": str(clip_dir)},
+                  "text_encoder": str(clip_dir), "precision": precision},
         "actors": {"torch_threads": concurrent, "concurrent_videos": concurrent},
         "privacy": {"hash_video_ids": False},
     })  # fmt: skip
@@ -111,3 +111,17 @@ def test_two_threads_on_one_annotator_match_one_call_at_a_time(setup):
     got = _masks(config, results)
     assert got == expected
     assert {r["state"] for rows in got.values() for r in rows} == {"searching", "tracking"}
+
+
+def test_a_fast_copy_of_the_model_encodes_text_under_the_lock(setup):
+    """Under `precision: fast` the tracker runs an int8 copy of the loaded model: the lock goes
+    around the copy's text encoding, which is where the text encoder is loaded, not around the
+    float original's (which has none and would fail every text-prompted video)."""
+    from surgray.annotate.actor import SegmentAnnotator
+
+    folder, clip_dir, rows = setup
+    annotator = SegmentAnnotator(_config(folder, clip_dir, 2, precision="fast"))
+    model = annotator.context.tracker.model
+    assert model.encode_text.__wrapped__.__self__ is model
+    result = annotator(pa.Table.from_pylist([rows[0]])).to_pylist()[0]
+    assert result["error"] == "" and sum(result["part_rows"]) > 0, result["error"]

@@ -13,7 +13,7 @@ from torch import nn
 
 from devtools.sam2_reference import randomize_
 from surgray.model.checkpoints.variants import micro_config
-from surgray.model.quantize import Int8Linear, quantize_linears
+from surgray.model.quantize import Int8Linear, full_range_activations, quantize_linears
 from surgray.model.sam2.network import SAM2Model
 from surgray.tracking.precision import (
     PrecisionError,
@@ -58,6 +58,7 @@ def test_precision_names_and_plans():
     assert resolve_precision("bf16", "cpu").autocast_dtype == torch.bfloat16
     fast = resolve_precision("fast", "cpu")
     assert fast.int8_linears and fast.autocast_dtype is None  # the measured CPU fast mode
+    assert fast.int8_attention == full_range_activations()  # int8 attention needs VNNI
     cuda_fast = resolve_precision("fast", "cuda")
     assert cuda_fast.autocast_dtype == torch.bfloat16 and not cuda_fast.int8_linears
     with pytest.raises(PrecisionError, match="fp16 needs a CUDA device"):

@@ -119,10 +119,6 @@ class SegmentAnnotator:
         storage = config.storage.build()
         model = load_model(config, device, storage=storage)
         self._text_encoder_loaded = False
-        if self.concurrent > 1 and _is_referring(model):
-            # The text tower's tokenizer and cache are not thread-safe; text is encoded once per
-            # expression and searching frame, a small share of a frame's time.
-            model.encode_text = _serialized(model.encode_text, threading.Lock())
         skip_hook = load_skip_hook(config.frames.skip_hook)
         if skip_hook is not None and self.concurrent > 1 and not is_thread_safe(skip_hook):
             skip_hook = _serialized(skip_hook, threading.Lock())
@@ -132,6 +128,12 @@ class SegmentAnnotator:
             postprocess=dict(postprocess or {}),
             precision=config.model.precision,  # surgray.tracking.precision: fp32, fast, ...
         )
+        # On the model the tracker runs, which under a fast precision is a copy of `model`.
+        tracked = tracker.model
+        if self.concurrent > 1 and _is_referring(tracked):
+            # The text tower's tokenizer and cache are not thread-safe; text is encoded once per
+            # expression and searching frame, a small share of a frame's time.
+            tracked.encode_text = _serialized(tracked.encode_text, threading.Lock())
         self.context = RunContext(
             tracker=tracker,
             layout=OutputLayout(config.output.prefix, storage=storage),

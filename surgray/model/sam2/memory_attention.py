@@ -47,6 +47,9 @@ class RoPEAttention(nn.Module):
         self.rope_k_repeat = cfg.rope_k_repeat
         self.configured_wh = cfg.feat_sizes
         self.rope = AxialRotaryEmbedding(self.internal_dim // self.num_heads, cfg.rope_theta)
+        # An inference-only replacement of the fused kernel, f(q, k, v) -> out with SDPA's
+        # shapes (fast mode's int8 attention, `surgray.model.int8_attention`); None: SDPA.
+        self.attention_kernel = None
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -63,7 +66,13 @@ class RoPEAttention(nn.Module):
         """q: [B, Lq, C]; k, v: [B, Lk, C_kv]. Returns [B, Lq, C]."""
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
-        v = self._heads(self.v_proj(v))
+        kernel = self.attention_kernel if not self.training else None
+        # With a replacement kernel (an explicit softmax) and one head, the values are
+        # projected after the attention: softmax rows sum to 1, so P (M W^T + b) = (P M) W^T + b,
+        # and P meets the 64-channel memories rather than their 256-channel projections.
+        late_values = kernel is not None and self.num_heads == 1
+        memories = v
+        v = None if late_values else self._heads(self.v_proj(v))
 
         h, w = grid_size(q.shape[-2], feat_hw, self.configured_wh)
         num_k_rope = k.shape[-2] - num_k_exclude_rope
@@ -87,11 +96,17 @@ class RoPEAttention(nn.Module):
             k, h, w, repeat=repeat, num_exclude=num_k_exclude_rope, inplace=inplace
         )
 
-        # The fused kernel beat attending to the 64-channel memories and projecting the values
-        # afterwards (fewer flops, but an explicit softmax) by 6% of a Hiera-T frame on CPU.
-        q = q.expand(k.shape[0], -1, -1, -1)
-        dropout_p = self.dropout_p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        # Without a replacement kernel: the fused kernel beat attending to the 64-channel
+        # memories and projecting the values afterwards (fewer flops, but an explicit softmax)
+        # by 6% of a Hiera-T frame on CPU.
+        if late_values:
+            out = self.v_proj(kernel(q, k, memories[:, None]))
+        elif kernel is not None:
+            out = kernel(q, k, v)
+        else:
+            q = q.expand(k.shape[0], -1, -1, -1)
+            dropout_p = self.dropout_p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         out = out.transpose(1, 2).flatten(2)
         return self.out_proj(out)
 
