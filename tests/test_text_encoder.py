@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import math
+import pickle
+import threading
+import time
 
 import pytest
 import torch
@@ -338,3 +342,49 @@ def test_open_clip_mismatches_are_named(tmp_path):
         TextEncoder.from_open_clip_state_dict({"visual.proj": torch.ones(1)}, tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         TextEncoder.from_open_clip_state_dict(sd, tmp_path / "nope.txt.gz")
+
+
+class _CountingTokenizer:
+    """The real tokenizer, slowed down, counting how many calls are inside it at once."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.inside, self.most = tokenizer, 0, 0
+
+    def __call__(self, *args, **kwargs):
+        self.inside += 1
+        self.most = max(self.most, self.inside)
+        time.sleep(0.02)  # lets another thread in, were there no lock
+        try:
+            return self.tokenizer(*args, **kwargs)
+        finally:
+            self.inside -= 1
+
+
+def test_encode_from_several_threads_runs_one_at_a_time_and_copies_get_their_own_lock(clip_dir):
+    encoder = TextEncoder.from_pretrained(clip_dir, cache_size=2)  # evictions while racing
+    texts = ["the grasper", "is", "the super", "grasper is", "the", "super is"]
+    expected = {t: encoder.encode([t]).pooled[0] for t in texts}
+    encoder._cache.clear()
+    counting = _CountingTokenizer(encoder.tokenizer)
+    encoder._tokenizer = counting
+    got, errors = {}, []
+
+    def encode(text: str) -> None:
+        try:
+            for _ in range(3):
+                got[text] = encoder.encode([text, "is"]).pooled[0]
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=encode, args=(t,)) for t in texts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert counting.most == 1  # 6 threads, never two in the tokenizer at once
+    for text in texts:
+        torch.testing.assert_close(got[text], expected[text])
+    twin = copy.deepcopy(encoder)  # fast mode deep-copies the model: a lock of its own
+    assert twin._lock is not encoder._lock
+    assert pickle.loads(pickle.dumps(twin))._lock is not twin._lock

@@ -11,8 +11,8 @@ threads at once (`surgray.annotate.pipeline.build_dataset`), each with its own b
 the actor's one model: torch ops release the GIL, so on CPU N videos on one torch thread each
 go faster than one video on N threads (benchmarks/README.md). What the calls share is made
 safe here: each call sets its own thread's torch thread count (OpenMP's count is per calling
-thread; `threads_per_call`); the lazy text-encoder load and text encoding (the tokenizer is
-not thread-safe) take a lock, and so does the user's skip hook unless it declares itself
+thread; `threads_per_call`); the lazy text-encoder load takes a lock (text encoding has its
+own, `surgray.model.text.encoder`), and so does the user's skip hook unless it declares itself
 thread-safe (`surgray.annotate.hooks.is_thread_safe`).
 Everything else a call mutates is its own: `VideoRun`, the tracker's `VideoState`, the
 writers. The model is read-only in inference mode; its cached position and RoPE tables are
@@ -128,12 +128,6 @@ class SegmentAnnotator:
             postprocess=dict(postprocess or {}),
             precision=config.model.precision,  # surgray.tracking.precision: fp32, fast, ...
         )
-        # On the model the tracker runs, which under a fast precision is a copy of `model`.
-        tracked = tracker.model
-        if self.concurrent > 1 and _is_referring(tracked):
-            # The text tower's tokenizer and cache are not thread-safe; text is encoded once per
-            # expression and searching frame, a small share of a frame's time.
-            tracked.encode_text = _serialized(tracked.encode_text, threading.Lock())
         self.context = RunContext(
             tracker=tracker,
             layout=OutputLayout(config.output.prefix, storage=storage),

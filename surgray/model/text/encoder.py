@@ -17,12 +17,18 @@ A `TextEncoder` built with `trainable=True` (the small tower ReSurgSAM2 can embe
 the cache is emptied whenever the weights may have changed (`train()`/`eval()`, a state-dict
 load, or any in-place update of a parameter such as an optimizer step).
 
+Outside training `encode` is thread-safe: a lock covers the tokenizer (built on first use),
+the cache and the tower, because a served model encodes a new session's expressions on the
+request's thread while its batch thread may be encoding a searching object's (Serve), and an
+annotate actor tracks several videos in threads (`actors.concurrent_videos`).
+
 transformers is imported only inside the functions that need it, so `surgray.model` stays light.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -113,6 +119,7 @@ class TextEncoder(nn.Module):
         self._hits = 0
         self._misses = 0
         self._cached_version: tuple[int, ...] | None = None
+        self._lock = threading.Lock()
         if not trainable:
             for p in self.parameters():
                 p.requires_grad_(False)
@@ -221,8 +228,18 @@ class TextEncoder(nn.Module):
         _check_texts(texts)
         if self.uses_autograd:
             return _pad(self._run(list(texts)))
-        with torch.no_grad():
+        with self._lock, torch.no_grad():
             return self._encode_cached(list(texts))
+
+    def __getstate__(self) -> dict:
+        # A lock is neither copied nor pickled: a copy (fast mode's int8 model) gets its own.
+        state = dict(super().__getstate__())
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._lock = threading.Lock()
 
     def _encode_cached(self, texts: list[str]) -> TextFeatures:
         if self.trainable:
