@@ -32,9 +32,20 @@ def every_size(monkeypatch):
 
 def test_small_attentions_run_the_fused_float_kernel():
     q, k, v = torch.randn(1, 1, 64, 32), torch.randn(2, 1, 7 * 64, 32), torch.randn(2, 1, 7 * 64, 8)
-    assert q.shape[-2] * k.shape[-2] < kernel_module.MIN_SCORES
+    assert not kernel_module.takes_int8_path(64, 7 * 64, 8)
     expected = F.scaled_dot_product_attention(q.expand(2, -1, -1, -1), k, v)
     assert torch.equal(int8_attention(q, k, v), expected)
+
+
+def test_the_int8_path_starts_where_it_was_measured_to_pay_off():
+    """benchmarks/README.md section 6, per call with 3 objects: 64-channel values at 12x12
+    (154k scores) 0.80x the fused kernel, at 16x16 (475k) 1.49x; 256-channel values at 24x24
+    (332k) 0.70x, at 32x32 (1.05M) 1.16x."""
+    assert not kernel_module.takes_int8_path(144, 7 * 144 + 64, 64)
+    assert kernel_module.takes_int8_path(256, 7 * 256 + 64, 64)
+    assert not kernel_module.takes_int8_path(576, 576, 256)
+    assert kernel_module.takes_int8_path(1024, 1024, 256)  # Hiera at 512 px: self-attention
+    assert kernel_module.takes_int8_path(1024, 7 * 1024 + 64, 64)  # and cross-attention
 
 
 def test_exact_where_int8_holds_the_inputs_exactly(every_size):

@@ -1,5 +1,5 @@
 """Smoke test of the model-level benchmarks' `--quick` modes: bench_rope (our RoPE against the
-reference's), bench_load_memory (an actor's resident memory step by step) and
+reference's), bench_int8_attention (fast mode's attention kernel), bench_load_memory (an actor's resident memory step by step) and
 profile_fast_mode (self time per network part, exact and fast)."""
 
 from __future__ import annotations
@@ -22,6 +22,15 @@ def test_bench_rope_quick_matches_the_reference():
         ms, _, diff = table[side]
         assert float(ms) > 0
         assert float(diff) <= 1e-5
+
+
+def test_bench_int8_attention_quick_times_both_kernels():
+    table = rows(run_quick("bench_int8_attention.py"))
+    for name in ("self 8x8", "cross 8x8", "self 12x12", "cross 12x12"):
+        scores, fused_ms, int8_ms, speed, runs, error = table[name]
+        assert float(fused_ms) > 0 and float(int8_ms) > 0 and speed.endswith("x")
+        assert runs == "fused"  # maps this small stay below the threshold
+        assert 0 < float(error) < 0.05  # quantized, yet close
 
 
 def test_bench_load_memory_quick_samples_every_step():

@@ -1,8 +1,9 @@
-"""Attention with int8 query-key products, for the memory cross-attention on CPU (fast mode).
+"""Attention with int8 query-key products, for the memory attention on CPU (fast mode).
 
-In the fast CPU mode the memory attention's fused attention kernel is most of a frame
-(benchmarks/README.md section 6): each object's 1,024 queries attend to ~7,200 memory keys of
-width 256, 4 layers a frame, and int8 weights in the projections do not touch it. This kernel
+In the fast CPU mode the memory attention's fused attention kernel was most of a frame
+(benchmarks/README.md section 6): each object's 1,024 queries attend to themselves and to
+~7,200 memory keys of width 256, 4 layers a frame, and int8 weights in the projections do not
+touch it. This kernel
 computes the same attention with the query-key products in int8 (exact int32 accumulation,
 VNNI dot products) and the probability-value products in bfloat16 where the CPU has native
 bf16 (else float32); the softmax stays float32.
@@ -15,14 +16,13 @@ queries before those are quantized, so the int32 products need one scale per que
     q[i] . k[j] ~ t[i] * (Q[i] . K[j])
 
 Queries are processed in blocks of rows so that a block's score matrix stays in cache rather
-than filling a [queries x keys] buffer per call: 1.7x the fused float kernel's speed on one
-object's cross-attention (Hiera-T at 512, 2-core EPYC; benchmarks/bench_int8_attention.py).
+than filling a [queries x keys] buffer per call.
 
-Small attentions go to the fused float kernel instead (`MIN_SCORES`): quantizing costs passes
-over the inputs that only pay off when the score matrix is large. Measured per call, 3
-objects, width 256, 2 cores: 256 x 256 scores 0.78x the fused kernel's speed, 576 x 576
-1.08x, 256 x 1,856 1.87x; so the micro model at 128 px keeps the fused kernel throughout, and
-Hiera at 512 px uses this one for its self- and cross-attention.
+Small attentions go to the fused float kernel instead (`takes_int8_path`): quantizing costs
+passes over the inputs that only pay off when the score matrix is large against the values
+(benchmarks/bench_int8_attention.py measures where, per call). The micro model at 128 px
+keeps the fused kernel throughout; Hiera at 512 px uses this one for its self- and
+cross-attention.
 
 Inference only, CPU only; the network's fidelity with it is measured by
 benchmarks/bench_fast_mode.py, not assumed.
@@ -33,7 +33,10 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-MIN_SCORES = 1 << 18  # query rows x keys below which the fused float kernel is faster
+# Query rows x keys per 64 value channels below which the fused float kernel is faster
+# (benchmarks/README.md section 6: with 64-channel values 154k scores ran at 0.80x, 475k at
+# 1.49x; with 256 channels 332k at 0.70x, 1.05M at 1.16x).
+MIN_SCORES = 1 << 18
 BLOCK_ROWS = 256  # query rows per block: 256 x 7,232 scores = 7.4 MB (measured 64-512 alike)
 
 
@@ -52,13 +55,19 @@ def int8_attention(
         raise ValueError(f"int8 attention runs on CPU only; got tensors on {q.device}")
     batch, heads, queries, width = k.shape[0], k.shape[1], q.shape[-2], q.shape[-1]
     q = q.expand(batch, heads, queries, width)
-    if queries * k.shape[-2] < MIN_SCORES:
+    if not takes_int8_path(queries, k.shape[-2], v.shape[-1]):
         return F.scaled_dot_product_attention(q, k, v)
     out = q.new_empty(batch, heads, queries, v.shape[-1])
     for b in range(batch):
         for h in range(heads):
             out[b, h] = _one_head(q[b, h], k[b, h], v[b, h], values_dtype, block_rows)
     return out
+
+
+def takes_int8_path(queries: int, keys: int, value_width: int) -> bool:
+    """Whether an attention of this size runs in int8 (else the fused float kernel): the
+    int8 path's fixed passes pay off once the scores outweigh the value product."""
+    return queries * keys * 64 >= MIN_SCORES * value_width
 
 
 def _one_head(

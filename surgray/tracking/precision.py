@@ -11,7 +11,7 @@ Names (the `precision` field of the tracker, `model.precision` of the annotate j
   and slow). `fp16`: autocast to float16, CUDA only.
 - `int8`: int8 weights for the Hiera trunk's and memory attention's linear layers
   (`surgray.model.quantize`), activations quantized per call; CPU only.
-- `int8_attn`: `int8`, and the memory cross-attention's query-key products in int8
+- `int8_attn`: `int8`, and the memory attention's query-key products in int8
   (`surgray.model.int8_attention`; probability-value products in bf16 where the CPU has it
   natively); CPU only.
 - `fast`: the default fast mode: bf16 on CUDA; on CPU the fastest option that
@@ -102,7 +102,7 @@ def resolve_precision(value: str, device: torch.device | str) -> PrecisionPlan:
 
 def apply_precision(model: torch.nn.Module, plan: PrecisionPlan) -> torch.nn.Module:
     """The model to run under `plan`: the same object when nothing changes, else a copy with
-    int8 linear layers and, where the plan says so, int8 memory cross-attention (the caller's
+    int8 linear layers and, where the plan says so, int8 memory attention (the caller's
     float model is left as it was)."""
     if not plan.int8_linears and not plan.int8_attention:
         return model
@@ -118,9 +118,9 @@ def apply_precision(model: torch.nn.Module, plan: PrecisionPlan) -> torch.nn.Mod
         quantized = copy.deepcopy(model, memo=shared).eval()
         replaced = quantize_linears(quantized, DEFAULT_INT8_PREFIXES) if plan.int8_linears else []
     release_free_heap()
-    attention = _install_int8_cross_attention(quantized) if plan.int8_attention else 0
+    attention = _install_int8_attention(quantized) if plan.int8_attention else 0
     logger.info(
-        "precision %s: %d linear layers with int8 weights, %d cross-attentions in int8",
+        "precision %s: %d linear layers with int8 weights, %d memory-attention layers in int8",
         plan.name,
         len(replaced),
         attention,
@@ -128,8 +128,9 @@ def apply_precision(model: torch.nn.Module, plan: PrecisionPlan) -> torch.nn.Mod
     return quantized
 
 
-def _install_int8_cross_attention(model: torch.nn.Module) -> int:
-    """Give every memory-attention layer's cross-attention the int8 kernel; returns how many."""
+def _install_int8_attention(model: torch.nn.Module) -> int:
+    """Give every memory-attention layer's self- and cross-attention the int8 kernel (it hands
+    attentions too small to gain back to the fused kernel); returns how many layers."""
     from surgray.model.int8_attention import int8_attention
     from surgray.model.sam2.memory_attention import MemoryAttentionLayer
 
