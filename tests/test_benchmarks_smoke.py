@@ -5,7 +5,9 @@ the speed script runs surgray (`recent`, `prune`), Meta's SAM2VideoPredictor and
 transformers' Sam2VideoModel on 12 frames with one object, the memory script surgray and the
 reference on 20 and 40 frames. Each prints its markdown table; the speed script's masks
 check is real (all four run the same weights on the same frames), so `recent` and
-transformers must come out identical to the reference.
+transformers must come out identical to the reference. The archive benchmarks (throughput
+against the reference's loop, the driver at archive scale) and the GPU script's CPU dry run
+run in small forms of their own.
 """
 
 from __future__ import annotations
@@ -112,6 +114,24 @@ def test_archive_throughput_quick_compares_the_reference_loop_with_the_job():
     assert "### Runs in order" in out and "### CPU seconds by process" in out
     # The job sides track --threads (2) videos at once per actor, the recommended CPU setting.
     assert "the job's actor runs 2 videos at once" in out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_archive_scale_on_a_small_archive_prints_both_tables():
+    """bench_archive_scale end to end on 30 videos (~30 s): moto on loopback, the job until its
+    first video, the rerun check over the complete prefix, and the CLI over it."""
+    out = run_script("bench_archive_scale.py", "--sizes", "30")
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in out.splitlines()
+        if line.startswith("| 30 ")
+    ]
+    assert len(rows) == 2, out  # the scale table and the rerun table, one row each
+    scale, rerun = rows
+    assert scale[4].endswith(" s") and float(scale[4].split()[0]) > 0  # first video done
+    assert scale[10] == rerun[12] == "0 (30 skipped)"  # work rows on rerun: none
+    assert rerun[14].startswith("exit 0") and "Ray not started" in rerun[14]
 
 
 @pytest.mark.slow
