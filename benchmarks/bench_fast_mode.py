@@ -4,7 +4,7 @@ run, and its fidelity against fp32.
 Options (`surgray.tracking.precision` names, plus two model-level transforms measured here):
   fp32           exact, the baseline
   int8           int8 weights for the Hiera trunk's and memory attention's linear layers
-  int8_attn      int8, and the memory cross-attention's query-key products in int8
+  int8_attn      int8, and the memory attention's query-key products in int8
   bf16           autocast to bfloat16 (native on AVX512-BF16/AMX CPUs, emulated elsewhere)
   channels_last  fp32 with convolution weights in channels-last layout
   compile        fp32 with `torch.compile` of the encoder and the per-frame step (--compile:

@@ -23,19 +23,22 @@ fidelity (bench_fast_mode.py measures that).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 # Idle OpenMP threads sleep rather than spin (see common.child_env); before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_repo_paths, machine_line, pin_threads, print_table  # noqa: E402
+from common import (  # noqa: E402
+    add_repo_paths,
+    kernel_bench_args,
+    machine_line,
+    median_ms,
+    print_table,
+)
 
 add_repo_paths()
 
@@ -62,24 +65,25 @@ def workloads(maps: list[int]):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small maps, few rounds (CI)")
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    pin_threads(args.threads)
+    args = kernel_bench_args(__doc__.splitlines()[0])
 
     from surgray.model import int8_attention as kernel_module
     from surgray.tracking.precision import cpu_has_native_bf16
 
-    threshold = kernel_module.MIN_SCORES  # the shipped one, for the table's last-but-one column
-    kernel_module.MIN_SCORES = 0  # every row on the int8 path, to see where it pays off
     values_dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     maps = [8, 12] if args.quick else [8, 12, 16, 24, 32]
     rounds = args.rounds or (3 if args.quick else 15)
+    cases = list(workloads(maps))
+    # Which path fast mode takes, with the shipped threshold; then every row on the int8 path,
+    # to see where it pays off.
+    in_fast_mode = [
+        kernel_module.takes_int8_path(q.shape[-2], *values.shape[-2:])
+        for *_, q, _, _, values in cases
+    ]
+    kernel_module.MIN_SCORES = 0
     rows = []
     with torch.inference_mode():
-        for name, scores, q, k, v, values in workloads(maps):
+        for (name, scores, q, k, v, values), runs_int8 in zip(cases, in_fast_mode):
             expanded = q.expand(OBJECTS, -1, -1, -1)
             sides = {
                 "fused": functools.partial(F.scaled_dot_product_attention, expanded, k, v),
@@ -89,16 +93,8 @@ def main() -> None:
             }
             exact = F.scaled_dot_product_attention(expanded, k, values)
             error = float((sides["int8"]() - exact).norm() / exact.norm())
-            kernel_module.MIN_SCORES = threshold
-            runs_int8 = kernel_module.takes_int8_path(q.shape[-2], *values.shape[-2:])
-            kernel_module.MIN_SCORES = 0
-            times = {side: [] for side in sides}
-            for _ in range(rounds):
-                for side, call in sides.items():
-                    start = time.perf_counter()
-                    call()
-                    times[side].append((time.perf_counter() - start) * 1e3)
-            fused_ms, int8_ms = (statistics.median(times[s]) for s in ("fused", "int8"))
+            medians = median_ms(sides, rounds)
+            fused_ms, int8_ms = medians["fused"], medians["int8"]
             rows.append(
                 [
                     name,

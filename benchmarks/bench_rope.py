@@ -22,18 +22,21 @@ per layer (queries + keys) and each side's time over the reference's. Outputs ar
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 # Idle OpenMP threads sleep rather than spin (see common.child_env); before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_repo_paths, machine_line, pin_threads, print_table  # noqa: E402
+from common import (  # noqa: E402
+    add_repo_paths,
+    kernel_bench_args,
+    machine_line,
+    median_ms,
+    print_table,
+)
 
 add_repo_paths()
 
@@ -60,12 +63,7 @@ def previous_kernel(x, cos, sin, repeat, num_rot):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small maps, few rounds (CI)")
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    pin_threads(args.threads)
+    args = kernel_bench_args(__doc__.splitlines()[0])
 
     from sam2.modeling.position_encoding import apply_rotary_enc, compute_axial_cis
 
@@ -113,22 +111,17 @@ def main() -> None:
         "surgray, real form": real_form,
         "reference (sam2)": reference,
     }
-    times: dict[str, list[float]] = {name: [] for name in sides}
     with torch.inference_mode():
         expected = reference()
         diffs = {}
         for name, fn in sides.items():
             got = fn()
             diffs[name] = max((a - b).abs().max().item() for a, b in zip(got, expected))
-        for _ in range(rounds):
-            for name, fn in sides.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - start) * 1e3)
-    ref_ms = statistics.median(times["reference (sam2)"])
+        medians = median_ms(sides, rounds)
+    ref_ms = medians["reference (sam2)"]
     rows = []
     for name in sides:
-        ms = statistics.median(times[name])
+        ms = medians[name]
         rows.append([name, f"{ms:.2f}", f"{ms / ref_ms:.2f}", f"{diffs[name]:.1e}"])
     print(machine_line(args.threads))
     print(

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -21,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,6 +162,31 @@ def frame_stats(times: Sequence[float], first: int = TIMED_FROM) -> FrameStats:
 def median_or_none(values: Sequence[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
     return statistics.median(kept) if kept else None
+
+
+# ------------------------------------------------------------------ in-process kernels
+def kernel_bench_args(description: str) -> argparse.Namespace:
+    """The command line of a one-kernel benchmark (`--quick`, `--rounds`, `--threads`), parsed,
+    with torch pinned to `--threads` threads."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small maps, few rounds (CI)")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    pin_threads(args.threads)
+    return args
+
+
+def median_ms(calls: Mapping[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median milliseconds per call of each side, the sides called one after another in every
+    round, so that a change in the machine's load hits them alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(ms) for name, ms in times.items()}
 
 
 # ------------------------------------------------------------------ subprocess runs

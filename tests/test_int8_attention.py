@@ -147,7 +147,7 @@ def test_int8_attn_precision_installs_the_kernel_on_a_copy():
 
 
 def test_int8_attn_tracker_stays_close_to_fp32(every_size):
-    from test_fast_mode import scene, track
+    from test_fast_mode import track
 
     from devtools.sam2_reference import randomize_
     from surgray.model.checkpoints.variants import micro_config
@@ -160,6 +160,6 @@ def test_int8_attn_tracker_stays_close_to_fp32(every_size):
     model.eval()
     exact = track(Tracker(model, precision="fp32", postprocess={"fill_hole_area": 0}))
     fast = track(Tracker(model, precision="int8_attn", postprocess={"fill_hole_area": 0}))
-    assert all(m.any() for m in exact) and scene(0).shape == (64, 64, 3)
+    assert all(m.any() for m in exact)
     agreement = np.mean([(a == b).mean() for a, b in zip(exact, fast)])
     assert agreement > 0.95, agreement

@@ -3,8 +3,7 @@
 In the fast CPU mode the memory attention's fused attention kernel was most of a frame
 (benchmarks/README.md section 6): each object's 1,024 queries attend to themselves and to
 ~7,200 memory keys of width 256, 4 layers a frame, and int8 weights in the projections do not
-touch it. This kernel
-computes the same attention with the query-key products in int8 (exact int32 accumulation,
+touch it. This kernel computes the same attention with the query-key products in int8 (exact int32 accumulation,
 VNNI dot products) and the probability-value products in bfloat16 where the CPU has native
 bf16 (else float32); the softmax stays float32.
 
@@ -34,8 +33,7 @@ import torch
 from torch.nn import functional as F
 
 # Query rows x keys per 64 value channels below which the fused float kernel is faster
-# (benchmarks/README.md section 6: with 64-channel values 154k scores ran at 0.80x, 475k at
-# 1.49x; with 256 channels 332k at 0.70x, 1.05M at 1.16x).
+# (benchmarks/README.md section 6, the per-call table of benchmarks/bench_int8_attention.py).
 MIN_SCORES = 1 << 18
 BLOCK_ROWS = 256  # query rows per block: 256 x 7,232 scores = 7.4 MB (measured 64-512 alike)
 
