@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import sys
@@ -11,10 +12,38 @@ import urllib.request
 MOTO_START_TIMEOUT_S = 60.0
 
 
+# Ports handed out are below the kernel's ephemeral range and above Ray's default worker ports
+# (10002-19999). A port the kernel picks (bind to port 0) is ephemeral: between this check and
+# the server's own bind, any outgoing connection may take it, and Ray's processes open many
+# (seen: Serve's proxy failed to bind the README test's port while Ray was starting).
+_PORTS_FROM = 20000
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port of 127.0.0.1 free now, never one this process handed out before."""
+    upper = _ephemeral_start() - 256  # room for a range of worker ports above a chosen one
+    for candidate in random.sample(range(_PORTS_FROM, upper), 500):
+        if candidate in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+        _handed_out.add(candidate)
+        return candidate
+    with socket.socket() as sock:  # all 500 taken: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            return max(_PORTS_FROM + 1024, int(handle.read().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def start_moto(timeout_s: float = MOTO_START_TIMEOUT_S) -> tuple[subprocess.Popen, str]:
