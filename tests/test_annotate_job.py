@@ -410,6 +410,54 @@ def test_actor_steps_videos_together_and_isolates_their_failures(tmp_path):
     assert sorted({r["frame_idx"] for r in written}) == [0, 1, 2, 3, 5, 6, 8, 9, 10, 11]
 
 
+def hook_that_breaks(frame) -> bool:
+    """Skip hook for the test below: a bug of its own on frame 4."""
+    if frame.index == 4:
+        raise RuntimeError("hook broke on frame 4")
+    return False
+
+
+def test_an_internal_error_is_one_line_in_the_status_and_a_traceback_in_the_log(tmp_path, caplog):
+    """A failure that is not the input's fault (here a skip hook's bug) keeps one line in the
+    result and logs its traceback at WARNING, naming the video by id only; a corrupt video,
+    the input's fault, logs no traceback."""
+    import logging
+
+    from surgray.annotate.actor import SegmentAnnotator
+    from surgray.annotate.plan import WorkItem
+    from surgray.annotate.prompts import VideoPrompts
+    from surgray.annotate.provenance import video_provenance
+
+    secret = tmp_path / "2024-03-01_Smith_case7"
+    secret.mkdir()
+    prompts = VideoPrompts.from_json(_local_video(secret / "good.mp4", 6, seed=4))
+    payload = (secret / "good.mp4").read_bytes()
+    (secret / "cut.mp4").write_bytes(payload[: len(payload) // 2])
+    checkpoint = tmp_path / "micro.pt"
+    save_checkpoint(build_model("micro", image_size=SIZE), str(checkpoint))
+    config = AnnotateConfig.from_dict({
+        "inputs": {"manifest": str(tmp_path / "unused.csv")},
+        "output": {"prefix": str(tmp_path / "out")},
+        "model": {"variant": "micro", "checkpoint": str(checkpoint), "image_size": SIZE},
+        "privacy": {"hash_video_ids": False},
+        "frames": {"skip_hook": "test_annotate_job:hook_that_breaks"},
+    })  # fmt: skip
+    rows = []
+    for video_id in ("good", "cut"):
+        item = WorkItem(video_id, str(secret / f"{video_id}.mp4"), prompts.to_json(), 0, 1, 0, None)
+        provenance = video_provenance("c" * 64, "d" * 64, prompts, version="0.1.0")
+        rows.append(item.to_row() | {"provenance_json": json.dumps(provenance.as_dict())})
+    with caplog.at_level(logging.WARNING, logger="surgray.annotate"):
+        results = {r.video_id: r for r in SegmentAnnotator(config).annotate_rows(rows)}
+    assert results["good"].error == "RuntimeError: hook broke on frame 4"
+    assert "corrupt" in results["cut"].error
+    traces = [r.getMessage() for r in caplog.records if "Traceback" in r.getMessage()]
+    assert len(traces) == 1
+    assert traces[0].startswith("video good failed in segment 0:")
+    assert "in hook_that_breaks" in traces[0] and "RuntimeError: hook broke" in traces[0]
+    assert "Smith" not in caplog.text
+
+
 def test_cli_exit_codes_for_bad_configs_and_inputs(tmp_path, s3_server, capsys):
     """Invalid config, unreachable output bucket, unknown URI scheme: 2 before Ray starts;
     every video failing: 1. None of these start Ray."""

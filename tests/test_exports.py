@@ -107,6 +107,21 @@ def test_parquet_schema_values_and_round_trip(tmp_path, records):
     np.testing.assert_array_equal(back[-1].mask(), square(5))
 
 
+def test_parquet_part_of_more_than_255_masks(tmp_path):
+    """A part's areas come from pycocotools, which took at most 255 masks at once."""
+    many = []
+    for f in range(150):
+        masks = np.stack([rectangle(f % 30), square(f)])
+        many += MaskRecord.from_masks("long", f, [1, 2], ["grasper", "hook"], [0.9, 0.8], masks)
+    path = str(tmp_path / "long.parquet")
+    write_parquet(path, many)
+    import pyarrow.parquet as pq
+
+    areas = pq.read_table(path).column("area").to_pylist()
+    assert areas == [200, 225] * 150
+    assert len(read_parquet(path)) == 300
+
+
 def test_parquet_on_s3(s3_server, records):
     bucket = s3_server.make_bucket("exports")
     opts = s3_server.storage

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from surgray.annotate.logsafe import redact
+from surgray.annotate.logsafe import logger, redact, video_label
 from surgray.annotate.outputs import OutputLayout, SegmentResult
 from surgray.annotate.plan import WorkItem
 from surgray.annotate.prompts import ObjectPrompt
@@ -277,6 +278,16 @@ class VideoRun:
         message = f"{type(error).__name__}: {error}"
         if isinstance(error, TextPromptsUnsupported):
             message = str(error)
+        if not isinstance(error, UserError):
+            # Not the input's fault: the status record keeps one line, the actor's log the
+            # traceback (redacted like the record) for whoever has to fix it.
+            trace = "".join(traceback.format_exception(error))
+            logger.warning(
+                "%s failed in segment %d:\n%s",
+                video_label(self.item.video_id),
+                self.item.segment_index,
+                redact(trace, self.item.video_uri, self.item.video_id),
+            )
         return self._result(error=redact(message, self.item.video_uri, self.item.video_id))
 
     def close(self) -> None:

@@ -75,6 +75,24 @@ def _to_coco(rles: Sequence[Any]) -> list[dict[str, Any]]:
     return coco
 
 
+# pycocotools' `area` (2.0.7-2.0.11) builds its result from a uint8 array holding the count,
+# which numpy 2 refuses above 255 RLEs ("Python integer 360 out of bounds for uint8").
+_AREA_CHUNK = 255
+
+
+def _coco_area(coco: Sequence[dict[str, Any]]) -> np.ndarray:
+    """pycocotools' `area` of any number of RLE objects, int64 [N]."""
+    from pycocotools import mask as coco_mask
+
+    if not coco:
+        return np.zeros(0, np.int64)
+    chunks = [
+        coco_mask.area(list(coco[start : start + _AREA_CHUNK])).astype(np.int64)
+        for start in range(0, len(coco), _AREA_CHUNK)
+    ]
+    return np.concatenate(chunks)
+
+
 def decode_rle(
     rles: Sequence[Any],
     size: tuple[int, int] | None = None,
@@ -115,7 +133,7 @@ def decode_rle(
         raise MaskFormatError(f"corrupt RLE counts: {exc}") from exc
     # Runs that stop short leave the rest of pycocotools' buffer uninitialised; any such byte
     # that is not background shows up as a value above 1 or as area the runs do not declare.
-    declared = coco_mask.area(coco)
+    declared = _coco_area(coco)
     if decoded.max(initial=0) > 1 or not np.array_equal(decoded.sum(axis=(0, 1)), declared):
         raise MaskFormatError("corrupt RLE counts: runs do not cover height x width pixels")
     return np.ascontiguousarray(decoded.transpose(2, 0, 1).astype(bool))
@@ -123,10 +141,7 @@ def decode_rle(
 
 def rle_area(rles: Sequence[Any]) -> np.ndarray:
     """Foreground pixel count per RLE, int64 [N]."""
-    from pycocotools import mask as coco_mask
-
-    coco = _to_coco(rles)
-    return coco_mask.area(coco).astype(np.int64) if coco else np.zeros(0, np.int64)
+    return _coco_area(_to_coco(rles))
 
 
 def rle_bbox(rles: Sequence[Any]) -> np.ndarray:
