@@ -1,5 +1,5 @@
 """Smoke test of the model-level benchmarks' `--quick` modes: bench_rope (our RoPE against the
-reference's), bench_int8_attention (fast mode's attention kernel), bench_load_memory (an actor's resident memory step by step) and
+reference's), bench_int8_attention (fast mode's attention kernel), bench_load_memory (an actor's resident memory step by step, per heap setting) and
 profile_fast_mode (self time per network part, exact and fast)."""
 
 from __future__ import annotations
@@ -33,12 +33,31 @@ def test_bench_int8_attention_quick_times_both_kernels():
         assert 0 < float(error) < 0.05  # quantized, yet close
 
 
-def test_bench_load_memory_quick_samples_every_step():
-    out = run_quick("bench_load_memory.py", "--precisions", "fp32")
-    table = rows(out)
-    for step in ("import torch + surgray", "load_network", "tracked frame 1"):
-        rss, peak = (float(v) for v in table[step])
-        assert 0 < rss <= peak
+def test_bench_load_memory_quick_samples_every_step_under_each_heap_setting():
+    # As README's command: both precisions, 2 videos at once, two heap settings.
+    out = run_quick(
+        "bench_load_memory.py", "--videos", "2", "--heap-envs", "default;MALLOC_ARENA_MAX=1"
+    )
+    steps, summary_text = out.split("Time and peak per run")
+    for precision in ("fp32", "fast"):
+        for heap in ("default", "MALLOC_ARENA_MAX=1"):
+            title = f"precision {precision}, heap {heap} (MB)"
+            assert steps.count(title) == 1
+            table = rows(steps.split(title)[1].split("###")[0])
+            for step in ("import torch + surgray", "load_network", "tracked frame 1", "end"):
+                rss, peak = (float(v) for v in table[step])
+                assert 0 < rss <= peak
+    summary = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in summary_text.splitlines()
+        if line.startswith(("| fp32", "| fast"))
+    ]
+    assert [row[:2] for row in summary] == [
+        ["fp32", "default"], ["fp32", "MALLOC_ARENA_MAX=1"],
+        ["fast", "default"], ["fast", "MALLOC_ARENA_MAX=1"],
+    ]  # fmt: skip
+    assert summary[0][3] == summary[2][3] == "1.00x" and summary[0][5] == summary[2][5] == "+0"
+    assert all(float(row[2]) > 0 and float(row[4]) > 0 for row in summary)
 
 
 def test_profile_fast_mode_quick_times_both_sides():
