@@ -38,9 +38,11 @@ mtime, and the first video's last part mtime less its status record's `wall_s`).
 loading, Ray's start and the job's planning are outside it; `process s` is the whole process
 (imports, model load, and for the job its planning, Ray Data and the actor's start).
 Memory: `tree RSS` / `tree PSS` are the peak sums over the side's whole process tree (for the
-job: the CLI driver and its Ray: GCS, raylet, workers), sampled from /proc every 0.25 s
-(`proc_memory.py`); `largest process RSS` is the peak of the biggest single process (the
-reference's loop; the job's model actor). CPU: user + system seconds of every process in the
+job: the CLI driver and its Ray: GCS, raylet, workers), RSS sampled from /proc every 0.25 s and
+PSS every 5 s (`proc_memory.py`: PSS costs the kernel a page-table walk per process, which at
+4 samples a second took 30% of a core from the job's side alone); `largest process RSS` is the
+kernel's peak (VmHWM) of the biggest single process (the reference's loop; the job's model
+actor). CPU: user + system seconds of every process in the
 tree (`CPU s (tree)`) and of the busiest one (the model's), and a table of the busiest
 processes of each side: what the pipeline around the model costs.
 Masks: compared with the reference's row by row (frame, object): `identical` means every mask
