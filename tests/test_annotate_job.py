@@ -352,28 +352,45 @@ def _local_video(path: Path, count: int, seed: int) -> str:
     return _prompts(clip)
 
 
+def _actor_config(tmp_path: Path, skip_hook: str, **output) -> AnnotateConfig:
+    """A job config for calling `SegmentAnnotator` directly: micro checkpoint, ids as given."""
+    checkpoint = tmp_path / "micro.pt"
+    save_checkpoint(build_model("micro", image_size=SIZE), str(checkpoint))
+    return AnnotateConfig.from_dict({
+        "inputs": {"manifest": str(tmp_path / "unused.csv")},
+        "output": {"prefix": str(tmp_path / "out"), **output},
+        "model": {"variant": "micro", "checkpoint": str(checkpoint), "image_size": SIZE},
+        "privacy": {"hash_video_ids": False},
+        "frames": {"skip_hook": skip_hook},
+    })  # fmt: skip
+
+
+def _work_rows(items) -> list[dict]:
+    """Work rows of (video id, video path, VideoPrompts), one segment each, as the planner
+    writes them."""
+    from surgray.annotate.plan import WorkItem
+    from surgray.annotate.provenance import video_provenance
+
+    rows = []
+    for video_id, path, video_prompts in items:
+        item = WorkItem(video_id, str(path), video_prompts.to_json(), 0, 1, 0, None)
+        provenance = video_provenance("c" * 64, "d" * 64, video_prompts, version="0.1.0")
+        rows.append(item.to_row() | {"provenance_json": json.dumps(provenance.as_dict())})
+    return rows
+
+
 def test_actor_steps_videos_together_and_isolates_their_failures(tmp_path):
     """SegmentAnnotator called directly with K = 4 rows: a good video (skip hook drops two
     frames), one cut short mid-stream, one with text prompts, one whose prompt is past its end
     (not probed, so found on the actor): one good result, three clear errors."""
     from surgray.annotate.actor import SegmentAnnotator
-    from surgray.annotate.plan import WorkItem
     from surgray.annotate.prompts import VideoPrompts
-    from surgray.annotate.provenance import video_provenance
     from surgray.annotate.rows import result_schema
 
     prompts = _local_video(tmp_path / "good.mp4", 12, seed=3)
     payload = (tmp_path / "good.mp4").read_bytes()
     (tmp_path / "cut.mp4").write_bytes(payload[: len(payload) // 2])
-    checkpoint = tmp_path / "micro.pt"
-    save_checkpoint(build_model("micro", image_size=SIZE), str(checkpoint))
-    config = AnnotateConfig.from_dict({
-        "inputs": {"manifest": str(tmp_path / "unused.csv")},
-        "output": {"prefix": str(tmp_path / "out"), "rows_per_part": 4},
-        "model": {"variant": "micro", "checkpoint": str(checkpoint), "image_size": SIZE},
-        "privacy": {"hash_video_ids": False},
-        "frames": {"skip_hook": "test_annotate_job:skip_frames_4_and_7"},
-    })  # fmt: skip
+    config = _actor_config(tmp_path, "test_annotate_job:skip_frames_4_and_7", rows_per_part=4)
     late = json.dumps({"objects": [{"obj_id": 1, "frame": 30, "box": [1, 1, 9, 9]}]})
     items = [
         ("good", "good.mp4", VideoPrompts.from_json(json.dumps({"texts": [], **json.loads(prompts)}))),
@@ -381,11 +398,7 @@ def test_actor_steps_videos_together_and_isolates_their_failures(tmp_path):
         ("text", "good.mp4", VideoPrompts(texts=("grasper",))),
         ("late", "good.mp4", VideoPrompts.from_json(json.dumps({"texts": [], **json.loads(late)}))),
     ]  # fmt: skip
-    rows = []
-    for video_id, file, video_prompts in items:
-        item = WorkItem(video_id, str(tmp_path / file), video_prompts.to_json(), 0, 1, 0, None)
-        provenance = video_provenance("c" * 64, "d" * 64, video_prompts, version="0.1.0")
-        rows.append(item.to_row() | {"provenance_json": json.dumps(provenance.as_dict())})
+    rows = _work_rows((video_id, tmp_path / file, p) for video_id, file, p in items)
     table = SegmentAnnotator(config)(pa.Table.from_pylist(rows))
     assert table.schema == result_schema()
     results = {r["video_id"]: r for r in table.to_pylist()}
@@ -424,29 +437,17 @@ def test_an_internal_error_is_one_line_in_the_status_and_a_traceback_in_the_log(
     import logging
 
     from surgray.annotate.actor import SegmentAnnotator
-    from surgray.annotate.plan import WorkItem
     from surgray.annotate.prompts import VideoPrompts
-    from surgray.annotate.provenance import video_provenance
 
     secret = tmp_path / "2024-03-01_Smith_case7"
     secret.mkdir()
     prompts = VideoPrompts.from_json(_local_video(secret / "good.mp4", 6, seed=4))
     payload = (secret / "good.mp4").read_bytes()
     (secret / "cut.mp4").write_bytes(payload[: len(payload) // 2])
-    checkpoint = tmp_path / "micro.pt"
-    save_checkpoint(build_model("micro", image_size=SIZE), str(checkpoint))
-    config = AnnotateConfig.from_dict({
-        "inputs": {"manifest": str(tmp_path / "unused.csv")},
-        "output": {"prefix": str(tmp_path / "out")},
-        "model": {"variant": "micro", "checkpoint": str(checkpoint), "image_size": SIZE},
-        "privacy": {"hash_video_ids": False},
-        "frames": {"skip_hook": "test_annotate_job:hook_that_breaks"},
-    })  # fmt: skip
-    rows = []
-    for video_id in ("good", "cut"):
-        item = WorkItem(video_id, str(secret / f"{video_id}.mp4"), prompts.to_json(), 0, 1, 0, None)
-        provenance = video_provenance("c" * 64, "d" * 64, prompts, version="0.1.0")
-        rows.append(item.to_row() | {"provenance_json": json.dumps(provenance.as_dict())})
+    config = _actor_config(tmp_path, "test_annotate_job:hook_that_breaks")
+    rows = _work_rows(
+        (video_id, secret / f"{video_id}.mp4", prompts) for video_id in ("good", "cut")
+    )
     with caplog.at_level(logging.WARNING, logger="surgray.annotate"):
         results = {r.video_id: r for r in SegmentAnnotator(config).annotate_rows(rows)}
     assert results["good"].error == "RuntimeError: hook broke on frame 4"
