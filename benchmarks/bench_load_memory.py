@@ -34,29 +34,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
+    MB,
     add_repo_paths,
     bench_config,
     child_env,
+    current_rss,
     machine_line,
+    peak_rss,
     print_table,
 )
 
 add_repo_paths()
 
 
-def status_mb(field: str) -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def worker(args: argparse.Namespace) -> None:
     samples: list[tuple[str, float, float]] = []
 
     def sample(step: str) -> None:
-        samples.append((step, status_mb("VmRSS"), status_mb("VmHWM")))
+        samples.append((step, current_rss() / MB, peak_rss() / MB))
 
     sample("python")
     import numpy as np
