@@ -111,11 +111,11 @@ def parse_heap_envs(text: str) -> list[tuple[str, dict[str, str]]]:
             for pair in spec.split(","):
                 name, sep, value = pair.partition("=")
                 if not sep or not name.strip():
-                    raise SystemExit(f"--heap-envs: {pair!r} is not NAME=VALUE")
+                    raise argparse.ArgumentTypeError(f"{pair!r} is not NAME=VALUE")
                 env[name.strip()] = value.strip()
         runs.append((spec, env))
     if not runs:
-        raise SystemExit("--heap-envs: no environment given")
+        raise argparse.ArgumentTypeError("no environment given")
     return runs
 
 
@@ -126,7 +126,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=None)
     parser.add_argument("--precisions", default="fp32,fast")
     parser.add_argument("--videos", type=int, default=1, help="clips tracked at once")
-    parser.add_argument("--heap-envs", default="default", help="see the module docstring")
+    parser.add_argument(
+        "--heap-envs", type=parse_heap_envs, default="default", help="see the module docstring"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default=None)
@@ -140,8 +142,8 @@ def main() -> None:
     args.image_size = args.image_size or (128 if args.quick else 512)
     frames = args.frames or (3 if args.quick else 10)
     if args.videos < 1 or frames < 1:
-        raise SystemExit("--videos and --frames must be at least 1")
-    heap_envs = parse_heap_envs(args.heap_envs)
+        parser.error("--videos and --frames must be at least 1")
+    heap_envs = args.heap_envs
     import torch
     from runners import random_weights
 
@@ -214,7 +216,7 @@ def main() -> None:
             f"{result['s_per_frame']:.3f}",
             f"{result['s_per_frame'] / first['s_per_frame']:.2f}x",
             f"{peak:.0f}",
-            f"{peak - first_peak:+.0f}",
+            f"{round(peak - first_peak):+d}",
         ])  # fmt: skip
     print_table(
         "Time and peak per run (one run each: peaks vary by about +-40 MB between runs)",
